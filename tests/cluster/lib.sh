@@ -1,0 +1,321 @@
+# shellcheck shell=bash
+# Shared by tests/cluster/{up,down,node-ctr,smoke}: versions, paths, node table, helpers.
+# Sourced, never run. Everything a node owns lives under its own directory so that
+# three kubelets and three containerds can share one host without sharing state.
+
+set -euo pipefail
+export GOFLAGS="${GOFLAGS:--buildvcs=false}"
+# Builds run from module zips, which carry no VCS data; -buildvcs=false keeps go from asking.
+case " $GOFLAGS " in *" -buildvcs=false "*) ;; *) GOFLAGS="$GOFLAGS -buildvcs=false" ;; esac
+
+CLUSTER_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$CLUSTER_DIR/../.." && pwd)
+E2E=${SIDELOAD_E2E_DIR:-$REPO_ROOT/.e2e}
+CACHE=${SIDELOAD_CACHE:-$HOME/.cache/kubectl-sideload-e2e}
+
+# --- versions ---------------------------------------------------------------------------
+# Kubernetes 1.34 is the last minor whose kubelet runs on cgroup v1 without opting out
+# (failCgroupV1 defaults to true from 1.35); we still set failCgroupV1: false explicitly.
+K8S_VERSION=v1.34.4
+# containerd per node, so the plugin meets three runtime generations as in a real fleet:
+#   node-a: Debian 12's containerd 1.6.20 (apt), node-b: newest 1.7 patch, node-c: newest 2.x.
+CONTAINERD_17_VERSION=v1.7.35
+CONTAINERD_2_VERSION=v2.4.2
+PAUSE_IMAGE=registry.k8s.io/pause:3.10
+
+K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
+CTRD_17_BIN=$CACHE/containerd-$CONTAINERD_17_VERSION/bin
+CTRD_2_BIN=$CACHE/containerd-$CONTAINERD_2_VERSION/bin
+CTRD_DEB_BIN=$CACHE/containerd-debian/bin   # symlinks to Debian's binaries (one PATH layout for all)
+
+# --- logging ----------------------------------------------------------------------------
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+need_root() { [ "$(id -u)" = 0 ] || die "$(basename "$0") must run as root (it creates netns, cgroups, mounts)"; }
+
+# --- building ---------------------------------------------------------------------------
+
+# with_lock FILE CMD...: run CMD holding an exclusive lock, so two `up`s never build the same
+# thing at once (the second waits and then finds the result cached).
+with_lock() {
+  local lock=$1; shift
+  mkdir -p "$(dirname "$lock")"
+  ( flock 9; "$@" ) 9>"$lock"
+}
+
+build_k8s() {
+  [ -x "$K8S_BIN/kubelet" ] && [ -x "$K8S_BIN/etcd" ] && [ -x "$K8S_BIN/kubectl" ] &&
+    [ -x "$K8S_BIN/kube-apiserver" ] && [ -x "$K8S_BIN/kube-controller-manager" ] &&
+    [ -x "$K8S_BIN/kube-scheduler" ] && return 0
+  log "building Kubernetes $K8S_VERSION + etcd from Go modules (cold: ~30 min on 2 cores; cached in $K8S_BIN)"
+  local tmp=$K8S_BIN.tmp
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  # -trimpath/-s -w: smaller binaries; the module in build/ pins every staging module.
+  ( cd "$CLUSTER_DIR/build" &&
+    go build -trimpath -ldflags "-s -w" -o "$tmp/" \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet \
+      k8s.io/kubernetes/cmd/kubectl ./cmd/etcd ) >&2 || die "Kubernetes build failed"
+  mkdir -p "$K8S_BIN"; mv "$tmp"/* "$K8S_BIN"/; rmdir "$tmp"
+}
+
+# build_containerd MODULE VERSION OUTDIR REPORTED_VERSION
+# Builds containerd, ctr and the runc v2 shim from the module zip the Go proxy serves.
+# CGO off + no_btrfs/no_devmapper/no_zfs/no_aufs: static binaries without C dependencies
+# (the same tags upstream's static release uses to drop those snapshotters).
+build_containerd() {
+  local mod=$1 ver=$2 out=$3 reported=$4
+  [ -x "$out/containerd" ] && [ -x "$out/ctr" ] && [ -x "$out/containerd-shim-runc-v2" ] && return 0
+  log "building containerd $ver from Go module $mod (cached in $out)"
+  local dir
+  dir=$(go mod download -json "$mod@$ver" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') ||
+    die "cannot download Go module $mod@$ver"
+  local tmp=$out.tmp
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  local ld="-s -w -X $mod/version.Version=$reported -X $mod/version.Revision=gomod-$ver -X $mod/version.Package=$mod"
+  ( cd "$dir" &&
+    CGO_ENABLED=0 go build -trimpath -tags "urfave_cli_no_docs no_btrfs no_devmapper no_zfs no_aufs osusergo netgo" \
+      -ldflags "$ld" -o "$tmp/" ./cmd/containerd ./cmd/ctr ./cmd/containerd-shim-runc-v2 ) >&2 ||
+    die "containerd $ver build failed"
+  mkdir -p "$out"; mv "$tmp"/* "$out"/; rmdir "$tmp"
+}
+
+# Upstream's release binaries report "vX.Y.Z" (git describe), distro/containerd.io builds
+# report "X.Y.Z"; we use one of each so the plugin's version parsing meets both forms:
+# node-b reports 1.7.35, node-c v2.4.2 (node-a, Debian, reports 1.6.20~ds1).
+build_containerd_17() { build_containerd github.com/containerd/containerd "$CONTAINERD_17_VERSION" "$CTRD_17_BIN" "${CONTAINERD_17_VERSION#v}"; }
+build_containerd_2() { build_containerd github.com/containerd/containerd/v2 "$CONTAINERD_2_VERSION" "$CTRD_2_BIN" "$CONTAINERD_2_VERSION"; }
+
+build_all() {
+  if [ ! -x "$K8S_BIN/kubelet" ] || [ ! -x "$CTRD_17_BIN/containerd" ] || [ ! -x "$CTRD_2_BIN/containerd" ]; then need_go; fi
+  with_lock "$CACHE/.build-k8s-$K8S_VERSION.lock" build_k8s
+  with_lock "$CACHE/.build-containerd-$CONTAINERD_17_VERSION.lock" build_containerd_17
+  with_lock "$CACHE/.build-containerd-$CONTAINERD_2_VERSION.lock" build_containerd_2
+  # Debian's containerd gets the same bin-dir layout as the built ones, so every node's
+  # containerd finds its own shim first on PATH and node-ctr can pick a node's ctr alike.
+  mkdir -p "$CTRD_DEB_BIN"
+  local b
+  for b in containerd ctr containerd-shim-runc-v2; do
+    ln -sfn "/usr/bin/$b" "$CTRD_DEB_BIN/$b"
+  done
+}
+
+# --- host packages ------------------------------------------------------------------------
+
+# ensure_packages: install what the harness runs but does not build (fresh machine, CI as
+# root without a terminal). Each entry is "command package".
+ensure_packages() {
+  local missing=() pair cmd pkg
+  for pair in "containerd containerd" "runc runc" "ip iproute2" "nsenter util-linux" \
+              "openssl openssl" "musl-gcc musl-tools" "iptables iptables" "conntrack conntrack" \
+              "python3 python3" "flock util-linux"; do
+    cmd=${pair%% *}; pkg=${pair#* }
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] ||
+    missing+=(containernetworking-plugins)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing missing packages: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
+    { DEBIAN_FRONTEND=noninteractive apt-get update >&2 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2; } ||
+    die "apt-get install ${missing[*]} failed"
+  # Debian's containerd package starts a system containerd; the harness never uses it and
+  # leaves it alone if it was already there before.
+}
+
+# --- cluster layout -------------------------------------------------------------------------
+
+NODES=(node-a node-b node-c)
+BRIDGE=sl-e2e0                 # in the root netns; the nodes' veths hang off it
+BRIDGE_IP=10.213.0.1           # the API server, etcd, controller-manager, scheduler bind here
+NODE_NET_PREFIX=24
+API_PORT=16443                 # not 6443: a real control plane on the same host may hold it
+SERVICE_CIDR=10.215.0.0/24
+SERVICE_IP=10.215.0.1
+RUN=/run/sideload-e2e          # short paths: unix sockets must stay under 108 bytes
+
+node_idx() { case $1 in node-a) echo 1 ;; node-b) echo 2 ;; node-c) echo 3 ;; *) die "unknown node '$1' (have: ${NODES[*]})" ;; esac; }
+node_ip() { echo "10.213.0.1$(node_idx "$1")"; }
+node_pod_cidr() { echo "10.214.$(node_idx "$1").0/24"; }
+node_pod_gw() { echo "10.214.$(node_idx "$1").1"; }
+node_netns() { echo "sl-$1"; }
+node_veth() { echo "sl-veth-${1#node-}"; }
+node_cgroup() { echo "sl-$1"; }           # kubelet cgroupRoot, one per node
+node_dir() { echo "$E2E/nodes/$1"; }
+node_run() { echo "$RUN/$1"; }
+node_sock() { echo "$RUN/$1/containerd.sock"; }
+node_labels() { case $1 in node-c) echo "pool=green" ;; *) echo "pool=blue" ;; esac; }
+node_ctrd_bin() {
+  case $1 in node-a) echo "$CTRD_DEB_BIN" ;; node-b) echo "$CTRD_17_BIN" ;; node-c) echo "$CTRD_2_BIN" ;; esac
+}
+# containerd config schema: 1.6 and 1.7 read version 2, 2.x reads version 3.
+node_ctrd_schema() { case $1 in node-c) echo 3 ;; *) echo 2 ;; esac; }
+
+# --- processes ----------------------------------------------------------------------------
+# Every process `up` starts runs in a cgroup of our own (sideload-e2e/<name>), and so do its
+# children (containerd's shims). `down` finds what to stop there and in the kubelets'
+# cgroup roots, and never by process name: a user's own containerd or kubelet must survive.
+
+CG_TRACK=sideload-e2e
+
+cgroup_v2_only() { [ -f /sys/fs/cgroup/cgroup.controllers ]; }
+
+# The hierarchy that tracks our processes: pids (v1) or the unified one (v2).
+track_hier() { if cgroup_v2_only; then echo /sys/fs/cgroup; else echo /sys/fs/cgroup/pids; fi; }
+
+# Every mounted cgroup hierarchy (v1 controllers, named ones, the unified one).
+cg_hierarchies() {
+  if cgroup_v2_only; then echo /sys/fs/cgroup; return; fi
+  awk '$3 == "cgroup" || $3 == "cgroup2" { print $2 }' /proc/mounts
+}
+
+# cg_mkdir REL: create /REL in every hierarchy. cpuset children start empty and refuse
+# tasks, so copy cpus/mems down from the parent as systemd and runc do.
+cg_mkdir() {
+  local rel=$1 h d p
+  for h in $(cg_hierarchies); do
+    d=$h
+    for p in ${rel//\// }; do
+      d=$d/$p
+      [ -d "$d" ] && continue
+      mkdir "$d"
+      if [ -f "$d/cpuset.cpus" ]; then
+        cat "$(dirname "$d")/cpuset.cpus" >"$d/cpuset.cpus"
+        cat "$(dirname "$d")/cpuset.mems" >"$d/cpuset.mems"
+      fi
+    done
+  done
+  if cgroup_v2_only; then
+    # kubelet needs the controllers delegated to its cgroup root.
+    local ctrls c
+    ctrls=$(cat /sys/fs/cgroup/cgroup.controllers)
+    for c in $ctrls; do echo "+$c" >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true; done
+  fi
+}
+
+# cg_procs REL: pids in /REL and below, in any hierarchy.
+cg_procs() {
+  local rel=$1 h
+  for h in $(cg_hierarchies); do
+    [ -d "$h/$rel" ] || continue
+    find "$h/$rel" -name cgroup.procs -exec cat {} + 2>/dev/null
+  done | sort -un
+}
+
+# cg_rmdir REL: remove /REL and its children (bottom up) in every hierarchy.
+cg_rmdir() {
+  local rel=$1 h
+  for h in $(cg_hierarchies); do
+    [ -d "$h/$rel" ] || continue
+    find "$h/$rel" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  done
+}
+
+pidfile() { echo "$E2E/pids/$1.pid"; }
+
+# is_ours PID NAME: the process exists and still sits in our tracking cgroup for NAME
+# (guards against a recycled pid in a stale pid file).
+is_ours() {
+  local pid=$1 name=$2
+  [ -n "$pid" ] && [ -r "/proc/$pid/cgroup" ] && grep -q "/$CG_TRACK/$name\$" "/proc/$pid/cgroup"
+}
+
+running() {
+  local f pid
+  f=$(pidfile "$1")
+  [ -f "$f" ] || return 1
+  pid=$(cat "$f")
+  is_ours "$pid" "$1"
+}
+
+# start_bg NAME NETNS|- CMD...: start CMD detached (new session, no stdin, log file), in
+# tracking cgroup NAME and, unless NETNS is -, in that network namespace only (the mount
+# namespace stays the host's, so a node's kubelet and containerd see each other's mounts).
+start_bg() {
+  local name=$1 ns=$2; shift 2
+  local cg log pf
+  cg=$(track_hier)/$CG_TRACK/$name
+  log=$E2E/logs/$name.log
+  pf=$(pidfile "$name")
+  cg_mkdir "$CG_TRACK/$name"
+  mkdir -p "$E2E/logs" "$E2E/pids"
+  local pre=()
+  [ "$ns" != - ] && pre=(nsenter "--net=/run/netns/$ns" --)
+  printf '\n==== %s starting: %s\n' "$(date -Is)" "$*" >>"$log"
+  # The inner shell joins the cgroup and records its pid, then execs: the pid stays the
+  # component's own. setsid + nohup: the process outlives the script that ran `up`.
+  setsid nohup sh -c 'echo $$ >"$1/cgroup.procs" && echo $$ >"$2" && shift 2 && exec "$@"' \
+    sh "$cg" "$pf" "${pre[@]}" "$@" </dev/null >>"$log" 2>&1 &
+  local i
+  for i in $(seq 50); do [ -s "$pf" ] && return 0; sleep 0.1; done
+  die "$name did not start; see $log"
+}
+
+# stop_tracked NAME [TIMEOUT]: SIGTERM every process in NAME's tracking cgroup, SIGKILL
+# what is left after TIMEOUT seconds.
+stop_tracked() {
+  local name=$1 timeout=${2:-10} rel=$CG_TRACK/$1 pids i
+  pids=$(cg_procs "$rel")
+  if [ -n "$pids" ]; then
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    for i in $(seq $((timeout * 10))); do
+      [ -z "$(cg_procs "$rel")" ] && break
+      sleep 0.1
+    done
+    kill_cgroup "$rel"
+  fi
+  rm -f "$(pidfile "$name")"
+}
+
+# kill_cgroup REL: SIGKILL everything under /REL until it is empty. Freezing first (v1
+# freezer) would stop forks racing us; repeated passes do the same for what we run here.
+kill_cgroup() {
+  local rel=$1 pids i
+  for i in $(seq 50); do
+    pids=$(cg_procs "$rel")
+    [ -z "$pids" ] && return 0
+    # shellcheck disable=SC2086
+    kill -KILL $pids 2>/dev/null || true
+    sleep 0.1
+  done
+  log "warning: processes left in cgroup $rel: $(cg_procs "$rel" | tr '\n' ' ')"
+  return 1
+}
+
+# --- waiting ------------------------------------------------------------------------------
+
+# wait_for DESC TIMEOUT CMD...: poll CMD until it succeeds.
+wait_for() {
+  local desc=$1 timeout=$2 start; shift 2
+  start=$(date +%s)
+  until "$@" >/dev/null 2>&1; do
+    if [ $(($(date +%s) - start)) -ge "$timeout" ]; then
+      log "timed out after ${timeout}s waiting for $desc"
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+kubectl_admin() { "$K8S_BIN/kubectl" --kubeconfig "$E2E/kubeconfig" "$@"; }
+
+show_log_tails() {
+  local f
+  for f in "$@"; do
+    [ -f "$f" ] || continue
+    printf '\n----- last 30 lines of %s -----\n' "$f" >&2
+    tail -n 30 "$f" >&2
+  done
+}
+
+# need_go: the Kubernetes 1.34 build needs Go >= 1.24 (Debian 12's golang-go is 1.19, so
+# apt cannot help); only checked when something must be built.
+need_go() {
+  command -v go >/dev/null 2>&1 || die "Go >= 1.24 is needed to build the cluster components (none on PATH)"
+  local v
+  v=$(go env GOVERSION | sed 's/^go//')
+  case $v in 1.2[4-9]* | 1.[3-9][0-9]* | [2-9].*) ;; *) die "Go >= 1.24 is needed to build the cluster components (found go$v)" ;; esac
+}
