@@ -1,0 +1,299 @@
+//! The commands, stage by stage: arguments are checked and the archive read before the
+//! cluster is touched; the plan is whole before any pod is created; every pod created is
+//! deleted again, also on Ctrl-C/SIGTERM.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::CommandFactory;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+
+use crate::archive::{Archive, Source, Summary};
+use crate::cli::{CleanupArgs, Cli, Command, CompletionArgs, DryRun, InspectArgs, KubeArgs, LoadArgs, Output};
+use crate::cluster::{client, helper, nodes};
+use crate::load::{self, LivePods, Status};
+use crate::plan::{self, Plan};
+use crate::progress::Progress;
+use crate::report;
+
+/// Exit code when interrupted, as shells report SIGINT.
+const INTERRUPTED: u8 = 130;
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Some(Command::Inspect(args)) => inspect(args).await,
+        Some(Command::Cleanup(args)) => cleanup(&cli.kube, args).await,
+        Some(Command::Completion(args)) => completion(args),
+        None => sideload(cli.load, &cli.kube).await,
+    }
+}
+
+/// Opens the archive on a blocking thread: it is one sequential read of the whole file.
+async fn open_archive(arg: &str) -> Result<Archive> {
+    let source = if arg == "-" {
+        Source::Stdin
+    } else {
+        Source::Path(arg.into())
+    };
+    let archive = tokio::task::spawn_blocking(move || Archive::open(&source))
+        .await
+        .context("archive reader panicked")??;
+    Ok(archive)
+}
+
+async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
+    let selection = args.node_selection().map_err(|e| anyhow!(e))?;
+    let archive_arg = args
+        .archive
+        .clone()
+        .context("an archive path (or - for stdin) is required")?;
+    let archive = Arc::new(open_archive(&archive_arg).await?);
+    let summary = archive.summary();
+
+    let cluster = client::connect(kube).await?;
+    let nodes = nodes::select(&cluster.client, &selection).await?;
+    let run_id = run_id();
+    let plan = Plan::build(
+        &cluster.client,
+        &archive,
+        nodes,
+        &plan::Options {
+            helper_namespace: &args.helper_namespace,
+            helper_image: args.helper_image.as_deref(),
+            skip_unready: args.skip_unready,
+            run_id: &run_id,
+        },
+    )
+    .await?;
+
+    if let Some(mode) = args.dry_run {
+        return dry_run(&cluster.client, summary, &plan, mode, args.output).await;
+    }
+    if let Some(refusals) = plan.refusals() {
+        bail!("nothing was changed; these nodes cannot be loaded:\n{refusals}");
+    }
+
+    let live = LivePods::default();
+    let progress = Progress::for_stderr();
+    let run = load::Run {
+        client: cluster.client.clone(),
+        archive: Arc::clone(&archive),
+        force: args.force,
+        parallel: usize::from(args.parallel),
+        helper_timeout: args.helper_timeout,
+        live: live.clone(),
+        progress: progress.clone(),
+    };
+    let results = tokio::select! {
+        results = load::execute(&run, &plan) => results,
+        signal = shutdown_signal() => {
+            progress.println(&format!("{signal}: deleting helper pods …"));
+            let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &plan.helper_namespace);
+            for name in live.names() {
+                let _ = helper::delete(&pods, &name, Duration::from_secs(10)).await;
+            }
+            eprintln!("interrupted; helper pods removed (if any remain, run `kubectl sideload cleanup`)");
+            return Ok(ExitCode::from(INTERRUPTED));
+        }
+    };
+
+    let text = match args.output {
+        Output::Json | Output::Yaml => report::json(summary, &results),
+        Output::Table => report::table(summary, &results),
+    };
+    print_stdout(&text);
+    let failed = results.iter().filter(|r| r.status == Status::Failed).count();
+    if failed > 0 {
+        eprintln!("error: {failed} of {} node(s) failed", results.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dry_run(
+    client: &kube::Client,
+    summary: &Summary,
+    plan: &Plan,
+    mode: DryRun,
+    output: Output,
+) -> Result<ExitCode> {
+    let mut admission_errors = Vec::new();
+    if mode == DryRun::Server {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &plan.helper_namespace);
+        for pod in plan.pods() {
+            if let Err(err) = helper::create(&pods, pod, true).await {
+                let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+                admission_errors.push(format!("  {node}: {err:#}"));
+            }
+        }
+    }
+    let text = match output {
+        Output::Table => report::plan_table(summary, plan),
+        Output::Json => serde_json::to_string_pretty(&serde_json::json!({
+            "image": summary,
+            "plan": plan,
+        }))?,
+        Output::Yaml => plan
+            .pods()
+            .iter()
+            .map(|pod| serde_yaml::to_string(pod).map(|y| format!("---\n{y}")))
+            .collect::<Result<String, _>>()?,
+    };
+    print_stdout(&text);
+    let mut problems = Vec::new();
+    if let Some(refusals) = plan.refusals() {
+        problems.push(format!("these nodes cannot be loaded:\n{refusals}"));
+    }
+    if !admission_errors.is_empty() {
+        problems.push(format!(
+            "the API server would reject these helper pods:\n{}",
+            admission_errors.join("\n")
+        ));
+    }
+    if problems.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    bail!("dry run found problems (nothing was changed): {}", problems.join("\n"))
+}
+
+async fn inspect(args: InspectArgs) -> Result<ExitCode> {
+    let archive = open_archive(&args.archive).await?;
+    let summary = archive.summary();
+    let text = match args.output {
+        Output::Json => serde_json::to_string_pretty(summary)?,
+        Output::Yaml => serde_yaml::to_string(summary)?,
+        Output::Table => inspect_table(summary),
+    };
+    print_stdout(&text);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect_table(summary: &Summary) -> String {
+    let mut out = format!(
+        "format:  {:?}{}\nrefs:    {}\ndigest:  {}\nsize:    {}\n",
+        summary.format,
+        if summary.compressed { " (gzip)" } else { "" },
+        if summary.refs.is_empty() { "(none)".to_string() } else { summary.refs.join(", ") },
+        summary.digest,
+        report::human_bytes(summary.size),
+    );
+    for image in &summary.images {
+        let layer_bytes: u64 = image.layers.iter().map(|l| l.size).sum();
+        out.push_str(&format!(
+            "platform {}: manifest {}, config {}, {} layer(s), {}{}\n",
+            image.platform,
+            image.manifest.digest,
+            image.config.digest,
+            image.layers.len(),
+            report::human_bytes(layer_bytes),
+            if image.complete {
+                String::new()
+            } else {
+                format!(", INCOMPLETE ({} blob(s) missing)", image.missing.len())
+            }
+        ));
+    }
+    out
+}
+
+async fn cleanup(kube: &KubeArgs, args: CleanupArgs) -> Result<ExitCode> {
+    let cluster = client::connect(kube).await?;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &args.helper_namespace);
+    let names = helper::list(&pods, None).await?;
+    if names.is_empty() {
+        print_stdout(&format!("no helper pods in namespace {}\n", args.helper_namespace));
+        return Ok(ExitCode::SUCCESS);
+    }
+    for name in &names {
+        if args.dry_run {
+            print_stdout(&format!("pod/{name} would be deleted (dry run)\n"));
+        } else {
+            helper::delete(&pods, name, Duration::from_secs(30)).await?;
+            print_stdout(&format!("pod/{name} deleted\n"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn completion(args: CompletionArgs) -> Result<ExitCode> {
+    let mut command = Cli::command();
+    let mut out = Vec::new();
+    clap_complete::generate(args.shell, &mut command, "kubectl-sideload", &mut out);
+    print_stdout(&String::from_utf8_lossy(&out));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints results; a closed pipe (`| head`) is not an error worth reporting.
+fn print_stdout(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    if !text.ends_with('\n') {
+        let _ = stdout.write_all(b"\n");
+    }
+    let _ = stdout.flush();
+}
+
+/// A short random id for this run's helper pods (`[a-z0-9]{6}`), without a rand crate:
+/// std's RandomState is seeded from the OS.
+fn run_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.write_u32(std::process::id());
+    let mut n = hasher.finish();
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..6)
+        .map(|_| {
+            let c = alphabet[(n % 36) as usize] as char;
+            n /= 36;
+            c
+        })
+        .collect()
+}
+
+/// Resolves on Ctrl-C or SIGTERM, naming which.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return "interrupt";
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "interrupt",
+            _ = term.recv() => "terminated",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupt"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_short_label_safe_and_differ() {
+        let a = run_id();
+        let b = run_id();
+        assert_eq!(a.len(), 6);
+        assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,343 @@
+//! Command-line definitions. Parsing only: nothing here touches the cluster or the disk.
+//!
+//! kubectl passes no flags of its own to a plugin, so the connection flags a kubectl user
+//! expects (`--kubeconfig`, `--context`, `-n` …) are parsed here and applied once in
+//! `cluster::client`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  # Load an image into every node of the cluster
+  kubectl sideload app.tar
+
+  # Pipe straight from docker (or podman/nerdctl) save, into two nodes
+  docker save app:v2 | kubectl sideload - --nodes node-a,node-b
+
+  # Preview: which nodes get what, and the helper pod that would run; changes nothing
+  kubectl sideload app.tar --selector pool=gpu --dry-run -o yaml
+
+  # Show what is inside an archive
+  kubectl sideload inspect app.tar -o json
+
+  # Remove helper pods left behind by an interrupted run
+  kubectl sideload cleanup";
+
+/// Load container image tarballs into Kubernetes nodes through the API server.
+///
+/// kubectl-sideload streams an image archive (from `docker save`, `podman save`,
+/// `nerdctl save` or `skopeo copy`) to each selected node through a short-lived helper pod
+/// and imports it into the node's container runtime, so pods can run it with
+/// `imagePullPolicy: Never` or `IfNotPresent`. No SSH, no registry: your kubeconfig is all
+/// it needs.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubectl-sideload",
+    bin_name = "kubectl sideload",
+    version = crate::version::LONG,
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub load: LoadArgs,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the images, platforms and layers inside an archive (no cluster needed)
+    Inspect(InspectArgs),
+    /// Delete helper pods left behind by interrupted runs
+    Cleanup(CleanupArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell)
+    Completion(CompletionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Image archive to load: a path, or `-` for standard input (spooled once to a temporary
+    /// file). Plain or gzip-compressed; docker-archive, OCI layout or Docker 25+ format
+    #[arg(value_name = "ARCHIVE", required = true)]
+    pub archive: Option<String>,
+
+    /// Nodes to load: `all`, or a comma-separated list of node names
+    #[arg(long, value_name = "all|NAME,…", default_value = "all", conflicts_with = "selector")]
+    pub nodes: String,
+
+    /// Load only the nodes matching this label selector (e.g. `pool=gpu`)
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+
+    /// Skip nodes that are not Ready instead of refusing to start
+    #[arg(long)]
+    pub skip_unready: bool,
+
+    /// Re-import even where the node already has the image with the same digest
+    #[arg(long)]
+    pub force: bool,
+
+    /// How many nodes to load at the same time
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
+
+    /// Resolve everything and print the plan without changing the cluster. `server` also
+    /// submits each helper pod with a server-side dry run, so admission problems show up now
+    #[arg(long, value_name = "client|server", num_args = 0..=1, require_equals = true, default_missing_value = "client")]
+    pub dry_run: Option<DryRun>,
+
+    /// Output format: a table for people, `json` for scripts, `yaml` (with --dry-run: the
+    /// helper pod manifests)
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Output,
+
+    /// Namespace the helper pods run in; it must allow privileged pods
+    #[arg(long, value_name = "NAMESPACE", default_value = "kube-system")]
+    pub helper_namespace: String,
+
+    /// Image for the helper pods. By default an image already on each node is reused (the
+    /// pod sandbox "pause" image), so nothing is ever pulled
+    #[arg(long, value_name = "IMAGE")]
+    pub helper_image: Option<String>,
+
+    /// Give up on a node whose helper pod is not running after this long
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub helper_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Image archive: a path, or `-` for standard input
+    #[arg(value_name = "ARCHIVE")]
+    pub archive: String,
+
+    /// Output format
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Namespace the helper pods run in
+    #[arg(long, value_name = "NAMESPACE", default_value = "kube-system")]
+    pub helper_namespace: String,
+
+    /// Show what would be deleted without deleting it
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to write a completion script for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// The connection flags every kubectl command accepts.
+#[derive(Debug, Args, Clone, Default)]
+pub struct KubeArgs {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)
+    #[arg(long, value_name = "PATH", global = true)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The kubeconfig context to use
+    #[arg(long, value_name = "NAME", global = true)]
+    pub context: Option<String>,
+
+    /// The kubeconfig cluster to use
+    #[arg(long, value_name = "NAME", global = true)]
+    pub cluster: Option<String>,
+
+    /// The kubeconfig user to use
+    #[arg(long, value_name = "NAME", global = true)]
+    pub user: Option<String>,
+
+    /// Namespace for workloads (default: the context's namespace)
+    #[arg(short = 'n', long, value_name = "NAMESPACE", global = true)]
+    pub namespace: Option<String>,
+
+    /// Username to impersonate for the operation
+    #[arg(long = "as", value_name = "USER", global = true)]
+    pub as_user: Option<String>,
+
+    /// Group to impersonate for the operation; repeat for several groups
+    #[arg(long = "as-group", value_name = "GROUP", global = true)]
+    pub as_group: Vec<String>,
+
+    /// How long to wait for a single API request before giving up (e.g. 30s, 1m); 0 waits
+    /// forever. Streams to nodes are not cut by this
+    #[arg(long, value_name = "DURATION", global = true, value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DryRun {
+    /// Print the plan; nothing is sent to the cluster but reads
+    Client,
+    /// Also submit each helper pod with a server-side dry run
+    Server,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Parses kubectl-style durations: `90s`, `2m`, `1h`, `1m30s`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {text:?}; use a number with a unit, like 30s, 2m or 1h");
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = 0u64;
+    let mut number = String::new();
+    for ch in text.chars() {
+        if ch.is_ascii_digit() {
+            number.push(ch);
+            continue;
+        }
+        let unit = match ch {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+        let value: u64 = number.parse().map_err(|_| bad())?;
+        total = value
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        number.clear();
+    }
+    if !number.is_empty() || text.is_empty() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Which nodes the user asked for, validated but not yet resolved against the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeSelection {
+    All,
+    Names(Vec<String>),
+    Selector(String),
+}
+
+impl LoadArgs {
+    /// Turns `--nodes`/`--selector` into one selection, rejecting empty names early.
+    pub fn node_selection(&self) -> Result<NodeSelection, String> {
+        if let Some(selector) = &self.selector {
+            if selector.trim().is_empty() {
+                return Err("--selector is empty; pass a label selector such as pool=gpu".into());
+            }
+            return Ok(NodeSelection::Selector(selector.clone()));
+        }
+        if self.nodes.trim() == "all" {
+            return Ok(NodeSelection::All);
+        }
+        let names: Vec<String> = self
+            .nodes
+            .split(',')
+            .map(|n| n.trim().to_string())
+            .collect();
+        if names.iter().any(|n| n.is_empty()) {
+            return Err(format!(
+                "--nodes {:?} has an empty name; pass `all` or names separated by commas",
+                self.nodes
+            ));
+        }
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != names.len() {
+            return Err(format!("--nodes {:?} names a node twice", self.nodes));
+        }
+        Ok(NodeSelection::Names(names))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse_like_kubectl() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        for bad in ["", "m", "1x", "1m3", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("kubectl-sideload").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn node_selection_variants() {
+        let cli = parse(&["app.tar"]);
+        assert_eq!(cli.load.node_selection().unwrap(), NodeSelection::All);
+        let cli = parse(&["app.tar", "--nodes", "a,b"]);
+        assert_eq!(
+            cli.load.node_selection().unwrap(),
+            NodeSelection::Names(vec!["a".into(), "b".into()])
+        );
+        let cli = parse(&["app.tar", "-l", "pool=gpu"]);
+        assert_eq!(
+            cli.load.node_selection().unwrap(),
+            NodeSelection::Selector("pool=gpu".into())
+        );
+        assert!(parse(&["app.tar", "--nodes", "a,,b"]).load.node_selection().is_err());
+        assert!(parse(&["app.tar", "--nodes", "a,a"]).load.node_selection().is_err());
+    }
+
+    #[test]
+    fn nodes_and_selector_conflict() {
+        let err = Cli::try_parse_from(["kubectl-sideload", "x.tar", "--nodes", "a", "-l", "x=y"])
+            .unwrap_err();
+        assert!(err.to_string().contains("--selector"), "{err}");
+    }
+
+    #[test]
+    fn dry_run_without_value_means_client() {
+        assert_eq!(parse(&["x.tar", "--dry-run"]).load.dry_run, Some(DryRun::Client));
+        assert_eq!(
+            parse(&["x.tar", "--dry-run=server"]).load.dry_run,
+            Some(DryRun::Server)
+        );
+    }
+
+    #[test]
+    fn subcommands_parse_with_kube_flags() {
+        let cli = parse(&["cleanup", "--kubeconfig", "/k", "--helper-namespace", "ops"]);
+        match cli.command {
+            Some(Command::Cleanup(c)) => {
+                assert_eq!(c.helper_namespace, "ops");
+                assert_eq!(cli.kube.kubeconfig.as_deref(), Some(std::path::Path::new("/k")));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! A kube client built from kubectl's connection flags, resolved once at start.
+
+use anyhow::{Context, Result};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::cli::KubeArgs;
+
+/// A connected client plus the namespace workloads are looked up in.
+#[derive(Clone)]
+pub struct Cluster {
+    pub client: Client,
+    /// `-n`, else the context's namespace, else `default` (as kubectl does).
+    pub namespace: String,
+}
+
+/// Builds the client the way kubectl would: `--kubeconfig`, else `$KUBECONFIG` (a list of
+/// files, merged), else `~/.kube/config`; then `--context`/`--cluster`/`--user`, and
+/// impersonation with `--as`/`--as-group`.
+pub async fn connect(args: &KubeArgs) -> Result<Cluster> {
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        cluster: args.cluster.clone(),
+        user: args.user.clone(),
+    };
+    let kubeconfig = match &args.kubeconfig {
+        Some(path) => Kubeconfig::read_from(path).with_context(|| {
+            format!(
+                "cannot read kubeconfig {}; check the path given to --kubeconfig",
+                path.display()
+            )
+        })?,
+        None => Kubeconfig::read().context(
+            "no kubeconfig found; set KUBECONFIG, pass --kubeconfig, or create ~/.kube/config",
+        )?,
+    };
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .context("kubeconfig is not usable; check --context/--cluster/--user and the file")?;
+    if let Some(user) = &args.as_user {
+        config.auth_info.impersonate = Some(user.clone());
+    }
+    if !args.as_group.is_empty() {
+        config.auth_info.impersonate_groups = Some(args.as_group.clone());
+    }
+    if let Some(timeout) = args.request_timeout.filter(|t| !t.is_zero()) {
+        // Bounds connecting and each read; an exec stream that is busy sending keeps its
+        // own pace, and the helper pod's activeDeadlineSeconds bounds it on the node.
+        config.connect_timeout = Some(timeout);
+        config.read_timeout = Some(timeout);
+    }
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config)
+        .with_context(|| format!("cannot build a client for the API server at {server}"))?;
+    Ok(Cluster { client, namespace })
+}

@@ -1,0 +1,70 @@
+//! Turns API errors into messages a user can act on: which permission is missing, which
+//! namespace label admits the helper pod, whether the API server is reachable at all.
+
+use anyhow::anyhow;
+
+/// Wraps a kube error from `verb` on `resource` with the next step for the user.
+pub fn explain(err: kube::Error, verb: &str, resource: &str) -> anyhow::Error {
+    match &err {
+        kube::Error::Api(status) if status.code == 403 => {
+            if status.message.contains("PodSecurity") {
+                anyhow!(
+                    "pod security admission rejected the helper pod: {}; use --helper-namespace \
+                     kube-system or label the namespace pod-security.kubernetes.io/enforce=privileged",
+                    status.message
+                )
+            } else {
+                anyhow!(
+                    "permission denied: cannot {verb} {resource} ({}); bind the ClusterRole in \
+                     plugin-manifest/clusterrole.yaml to your user",
+                    status.message
+                )
+            }
+        }
+        kube::Error::Api(status) if status.code == 401 => anyhow!(
+            "the API server rejected your credentials ({}); refresh them or check --user/--context",
+            status.message
+        ),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => anyhow!(
+            "cannot reach the API server while trying to {verb} {resource}: {err}; check the \
+             server address in your kubeconfig (--context/--kubeconfig) and your network"
+        ),
+        _ => anyhow!(err).context(format!("cannot {verb} {resource}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn api_error(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Status::failure(message, "Forbidden").with_code(code).boxed())
+    }
+
+    #[test]
+    fn forbidden_names_verb_resource_and_fix() {
+        let msg = explain(
+            api_error(403, r#"pods is forbidden: User "bob" cannot create resource "pods""#),
+            "create",
+            "pods in kube-system",
+        )
+        .to_string();
+        assert!(msg.contains("cannot create pods in kube-system"), "{msg}");
+        assert!(msg.contains("plugin-manifest/clusterrole.yaml"), "{msg}");
+    }
+
+    #[test]
+    fn pod_security_names_the_label() {
+        let msg = explain(
+            api_error(403, r#"pods "x" is forbidden: violates PodSecurity "baseline:latest""#),
+            "create",
+            "pods",
+        )
+        .to_string();
+        assert!(
+            msg.contains("pod-security.kubernetes.io/enforce=privileged"),
+            "{msg}"
+        );
+    }
+}

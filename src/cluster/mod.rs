@@ -1,0 +1,7 @@
+//! Everything that talks to the API server: the client, nodes, the helper pod and exec.
+
+pub mod client;
+pub mod errors;
+pub mod exec;
+pub mod helper;
+pub mod nodes;

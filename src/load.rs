@@ -1,0 +1,222 @@
+//! Executing a plan: for every node to load, in parallel (bounded), helper pod up → find
+//! the runtime → skip if already there → stream and import → verify → helper pod down.
+//! One node's failure never stops the others; each ends with a `NodeResult`.
+
+use std::collections::{BTreeSet, HashSet};
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use indicatif::ProgressBar;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use serde::Serialize;
+
+use crate::archive::Archive;
+use crate::cluster::{exec, helper};
+use crate::plan::{Decision, NodePlan, Plan};
+use crate::progress::Progress;
+use crate::runtime::{Runtime, containerd};
+
+/// How one node ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Loaded,
+    Skipped,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeResult {
+    pub name: String,
+    pub status: Status,
+    pub bytes_sent: u64,
+    pub seconds: f64,
+    /// Why it was skipped or failed.
+    pub error: Option<String>,
+}
+
+/// Helper pods that exist right now, so an interrupt can delete them (main.rs).
+#[derive(Clone, Default)]
+pub struct LivePods(Arc<Mutex<BTreeSet<String>>>);
+
+impl LivePods {
+    fn add(&self, name: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
+    }
+    fn remove(&self, name: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+    }
+    pub fn names(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+}
+
+/// Settings of a run that every node shares.
+pub struct Run {
+    pub client: kube::Client,
+    pub archive: Arc<Archive>,
+    pub force: bool,
+    pub parallel: usize,
+    pub helper_timeout: Duration,
+    pub live: LivePods,
+    pub progress: Progress,
+}
+
+/// Loads every node the plan says to, at most `parallel` at a time.
+pub async fn execute(run: &Run, plan: &Plan) -> Vec<NodeResult> {
+    let pods: Api<Pod> = Api::namespaced(run.client.clone(), &plan.helper_namespace);
+    futures::stream::iter(plan.nodes.iter())
+        .map(|node| load_node(run, &pods, node))
+        .buffered(run.parallel.max(1))
+        .collect()
+        .await
+}
+
+async fn load_node(run: &Run, pods: &Api<Pod>, plan: &NodePlan) -> NodeResult {
+    let name = plan.node.name.clone();
+    let started = Instant::now();
+    let result = |status, bytes_sent, error| NodeResult {
+        name: name.clone(),
+        status,
+        bytes_sent,
+        seconds: started.elapsed().as_secs_f64(),
+        error,
+    };
+    match &plan.decision {
+        Decision::Skip { reason } | Decision::Refuse { reason } => {
+            return result(Status::Skipped, 0, Some(reason.clone()));
+        }
+        Decision::Load { .. } => {}
+    }
+    let bar = run.progress.node_bar(&name);
+    let outcome = with_helper(run, pods, plan, &bar).await;
+    match outcome {
+        Ok(Outcome::Loaded(bytes)) => {
+            bar.finish_with_message("loaded");
+            result(Status::Loaded, bytes, None)
+        }
+        Ok(Outcome::AlreadyThere) => {
+            bar.finish_with_message("already present");
+            result(
+                Status::Skipped,
+                0,
+                Some("already present with the same digest (use --force to re-import)".into()),
+            )
+        }
+        Err(err) => {
+            bar.abandon_with_message("failed");
+            result(Status::Failed, 0, Some(format!("{err:#}")))
+        }
+    }
+}
+
+enum Outcome {
+    Loaded(u64),
+    AlreadyThere,
+}
+
+/// Runs the node's steps inside a helper pod and always removes the pod afterwards.
+async fn with_helper(run: &Run, pods: &Api<Pod>, plan: &NodePlan, bar: &ProgressBar) -> Result<Outcome> {
+    let Decision::Load { pod, .. } = &plan.decision else {
+        unreachable!("only Load decisions reach with_helper");
+    };
+    bar.set_message("starting helper pod");
+    let name = helper::create(pods, pod, false).await?;
+    run.live.add(&name);
+    let outcome = async {
+        helper::wait_running(pods, &name, run.helper_timeout).await?;
+        import(run, pods, &name, plan, bar).await
+    }
+    .await;
+    bar.set_message("removing helper pod");
+    let removed = helper::delete(pods, &name, Duration::from_secs(30)).await;
+    run.live.remove(&name);
+    let outcome = outcome?;
+    removed.with_context(|| format!("could not delete helper pod {name}; run `kubectl sideload cleanup`"))?;
+    Ok(outcome)
+}
+
+async fn import(
+    run: &Run,
+    pods: &Api<Pod>,
+    pod: &str,
+    plan: &NodePlan,
+    bar: &ProgressBar,
+) -> Result<Outcome> {
+    let Decision::Load { platform, digest, bytes, .. } = &plan.decision else {
+        unreachable!("only Load decisions reach import");
+    };
+    let Runtime::Containerd { flavour, .. } = &plan.node.runtime else {
+        bail!("{}", plan.node.runtime.unsupported_reason().unwrap_or_default());
+    };
+    let refs = &run.archive.summary().refs;
+
+    bar.set_message("finding containerd");
+    let probe = containerd::probe_argv(*flavour, plan.node.runtime_endpoint.as_deref());
+    let out = exec::run(pods, pod, helper::on_host(probe))
+        .await?
+        .check("finding containerd and ctr on the node")?;
+    let located = containerd::parse_probe(&out.stdout).map_err(anyhow::Error::msg)?;
+
+    let list = || async {
+        let out = exec::run(pods, pod, helper::on_host(containerd::list_argv(&located)))
+            .await?
+            .check("ctr images ls")?;
+        Ok::<_, anyhow::Error>(containerd::parse_images(&out.stdout))
+    };
+    if !run.force && containerd::missing_refs(&list().await?, refs, digest).is_empty() {
+        return Ok(Outcome::AlreadyThere);
+    }
+
+    bar.set_message("sending");
+    bar.set_length(*bytes);
+    let argv = containerd::import_argv(&located, *bytes, &platform.to_string());
+    let archive = Arc::clone(&run.archive);
+    let want = platform.clone();
+    let counter = bar.clone();
+    let (out, written) = exec::run_with_input(pods, pod, helper::on_host(argv), move |w| {
+        let image = archive
+            .image_for(&want)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let mut counting = Counting { inner: w, bar: counter };
+        archive
+            .write_oci(image, &HashSet::new(), &mut counting)
+            .map_err(|e| io::Error::other(e.to_string()))
+    })
+    .await?;
+    bar.set_message("importing");
+    let out = out.check("ctr images import")?;
+    let sent = match written {
+        Ok(n) => n,
+        Err(e) => bail!("streaming the archive failed after the import ended: {e}"),
+    };
+    drop(out);
+
+    bar.set_message("verifying");
+    let missing = containerd::missing_refs(&list().await?, refs, digest);
+    if !missing.is_empty() {
+        bail!("import finished but the runtime does not list the image: {}", missing.join("; "));
+    }
+    Ok(Outcome::Loaded(sent))
+}
+
+/// Counts bytes into the node's progress bar as they go out.
+struct Counting<'a> {
+    inner: &'a mut dyn Write,
+    bar: ProgressBar,
+}
+
+impl Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

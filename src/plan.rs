@@ -1,0 +1,193 @@
+//! The plan: for each selected node, what will happen and why, resolved before anything on
+//! the cluster changes. `--dry-run` prints it and stops.
+
+use std::collections::HashSet;
+
+use anyhow::{Result, bail};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use serde::Serialize;
+
+use crate::archive::{Archive, Platform};
+use crate::cluster::helper::{self, HelperImage, HelperSpec};
+use crate::cluster::nodes::NodeFacts;
+
+/// What the plugin will do on one node.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Decision {
+    /// Stream the image for `platform` through a helper pod.
+    Load {
+        platform: Platform,
+        digest: String,
+        bytes: u64,
+        helper: HelperImage,
+        #[serde(skip)]
+        pod: Box<Pod>,
+    },
+    /// Left out on purpose (`--skip-unready`); not a failure.
+    Skip { reason: String },
+    /// Cannot be loaded; the run stops before changing anything.
+    Refuse { reason: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodePlan {
+    pub node: NodeFacts,
+    #[serde(flatten)]
+    pub decision: Decision,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub run_id: String,
+    pub helper_namespace: String,
+    pub nodes: Vec<NodePlan>,
+}
+
+/// Inputs to planning that come from flags.
+pub struct Options<'a> {
+    pub helper_namespace: &'a str,
+    pub helper_image: Option<&'a str>,
+    pub skip_unready: bool,
+    pub run_id: &'a str,
+}
+
+impl Plan {
+    /// Decides every node. Reads pods only for nodes that list no pause image.
+    pub async fn build(
+        client: &kube::Client,
+        archive: &Archive,
+        nodes: Vec<NodeFacts>,
+        opts: &Options<'_>,
+    ) -> Result<Plan> {
+        if archive.summary().refs.is_empty() {
+            bail!(
+                "the archive names no image (no RepoTags or io.containerd.image.name); save it \
+                 with a tag, e.g. `docker save app:v2 -o app.tar`"
+            );
+        }
+        let mut planned = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let pod_images = if opts.helper_image.is_none()
+                && helper::choose_image(None, &node, &[]).is_none()
+            {
+                running_images(client, &node.name).await
+            } else {
+                Vec::new()
+            };
+            let decision = decide(archive, &node, &pod_images, opts);
+            planned.push(NodePlan { node, decision });
+        }
+        Ok(Plan {
+            run_id: opts.run_id.to_string(),
+            helper_namespace: opts.helper_namespace.to_string(),
+            nodes: planned,
+        })
+    }
+
+    /// The refusals, one line per node, or `None` when every node can go ahead.
+    pub fn refusals(&self) -> Option<String> {
+        let lines: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.decision {
+                Decision::Refuse { reason } => Some(format!("  {}: {reason}", n.node.name)),
+                _ => None,
+            })
+            .collect();
+        (!lines.is_empty()).then(|| lines.join("\n"))
+    }
+
+    /// The helper pods the run will create, in node order.
+    pub fn pods(&self) -> Vec<&Pod> {
+        self.nodes
+            .iter()
+            .filter_map(|n| match &n.decision {
+                Decision::Load { pod, .. } => Some(pod.as_ref()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// One node's decision, from facts alone (no I/O): pure, so every rule has a unit test.
+pub fn decide(
+    archive: &Archive,
+    node: &NodeFacts,
+    pod_images: &[String],
+    opts: &Options<'_>,
+) -> Decision {
+    if !node.ready {
+        let reason = "node is NotReady".to_string();
+        return if opts.skip_unready {
+            Decision::Skip { reason }
+        } else {
+            Decision::Refuse {
+                reason: format!("{reason}; fix the node or pass --skip-unready to load the others"),
+            }
+        };
+    }
+    if let Some(reason) = node.runtime.unsupported_reason() {
+        return Decision::Refuse { reason };
+    }
+    let image = match archive.image_for(&node.platform) {
+        Ok(image) => image,
+        Err(err) => {
+            return Decision::Refuse {
+                reason: format!(
+                    "{err}; select matching nodes with -l kubernetes.io/arch={}",
+                    archive
+                        .summary()
+                        .images
+                        .iter()
+                        .find(|i| i.complete)
+                        .map_or("…".to_string(), |i| i.platform.architecture.clone())
+                ),
+            };
+        }
+    };
+    let Some(helper) = helper::choose_image(opts.helper_image, node, pod_images) else {
+        return Decision::Refuse {
+            reason: "the node lists no image the helper pod can reuse (no pause image, no \
+                     running pods); pass --helper-image with an image present on the node"
+                .into(),
+        };
+    };
+    let bytes = match archive.oci_len(image, &HashSet::new()) {
+        Ok(bytes) => bytes,
+        Err(err) => return Decision::Refuse { reason: err.to_string() },
+    };
+    let pod = helper::pod(&HelperSpec {
+        node: &node.name,
+        namespace: opts.helper_namespace,
+        run_id: opts.run_id,
+        image: &helper,
+        arch: &node.platform.architecture,
+    });
+    Decision::Load {
+        platform: image.platform.clone(),
+        digest: archive.target_digest(image),
+        bytes,
+        helper,
+        pod: Box::new(pod),
+    }
+}
+
+/// Images of pods running on a node: the helper's fallback when no pause image is listed.
+async fn running_images(client: &kube::Client, node: &str) -> Vec<String> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let params = ListParams::default().fields(&format!("spec.nodeName={node},status.phase=Running"));
+    let Ok(list) = pods.list(&params).await else {
+        return Vec::new();
+    };
+    let mut images: Vec<String> = list
+        .items
+        .into_iter()
+        .flat_map(|p| p.spec.map(|s| s.containers).unwrap_or_default())
+        .filter_map(|c| c.image)
+        .collect();
+    images.sort();
+    images.dedup();
+    images
+}

@@ -1,0 +1,144 @@
+//! The run's result for people (a table) and for scripts (`-o json`), on stdout.
+
+use serde::Serialize;
+
+use crate::archive::Summary;
+use crate::load::{NodeResult, Status};
+use crate::plan::{Decision, Plan};
+
+#[derive(Serialize)]
+struct ImageJson<'a> {
+    refs: &'a [String],
+    digest: &'a str,
+    /// Archive size in bytes.
+    size: u64,
+}
+
+#[derive(Serialize)]
+struct ReportJson<'a> {
+    image: ImageJson<'a>,
+    nodes: &'a [NodeResult],
+}
+
+/// `{"image":{"refs":[…],"digest":…,"size":N},"nodes":[{"name":…,"status":…,…}]}`
+pub fn json(summary: &Summary, results: &[NodeResult]) -> String {
+    serde_json::to_string_pretty(&ReportJson {
+        image: ImageJson {
+            refs: &summary.refs,
+            digest: &summary.digest,
+            size: summary.size,
+        },
+        nodes: results,
+    })
+    .unwrap_or_default()
+}
+
+/// A fixed-width table, one row per node.
+pub fn table(summary: &Summary, results: &[NodeResult]) -> String {
+    let mut rows = vec![[
+        "NODE".to_string(),
+        "STATUS".into(),
+        "SENT".into(),
+        "TIME".into(),
+        "DETAIL".into(),
+    ]];
+    for r in results {
+        rows.push([
+            r.name.clone(),
+            match r.status {
+                Status::Loaded => "loaded",
+                Status::Skipped => "skipped",
+                Status::Failed => "failed",
+            }
+            .into(),
+            human_bytes(r.bytes_sent),
+            format!("{:.1}s", r.seconds),
+            r.error.clone().unwrap_or_default(),
+        ]);
+    }
+    format!("image {} ({})\n{}", summary.refs.join(", "), summary.digest, columns(&rows))
+}
+
+/// The plan as a table, for `--dry-run`.
+pub fn plan_table(summary: &Summary, plan: &Plan) -> String {
+    let mut rows = vec![[
+        "NODE".to_string(),
+        "PLATFORM".into(),
+        "RUNTIME".into(),
+        "ACTION".into(),
+        "DETAIL".into(),
+    ]];
+    for n in &plan.nodes {
+        let (action, detail) = match &n.decision {
+            Decision::Load { bytes, helper, .. } => (
+                "load".to_string(),
+                format!("send up to {} via helper image {} ({})", human_bytes(*bytes), helper.image, helper.source),
+            ),
+            Decision::Skip { reason } => ("skip".into(), reason.clone()),
+            Decision::Refuse { reason } => ("refuse".into(), reason.clone()),
+        };
+        rows.push([
+            n.node.name.clone(),
+            n.node.platform.to_string(),
+            n.node.runtime.to_string(),
+            action,
+            detail,
+        ]);
+    }
+    format!(
+        "image {} ({})\nhelper pods in namespace {}; nothing was changed (dry run)\n{}",
+        summary.refs.join(", "),
+        summary.digest,
+        plan.helper_namespace,
+        columns(&rows)
+    )
+}
+
+fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i + 1 == N { c.clone() } else { format!("{c:<w$}", w = widths[i]) })
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1 << 30), "1.0 GiB");
+    }
+
+    #[test]
+    fn columns_align() {
+        let t = columns(&[["a".to_string(), "b".into()], ["long".into(), "x".into()]]);
+        assert_eq!(t, "a      b\nlong   x\n");
+    }
+}

@@ -1,0 +1,153 @@
+//! Shared helpers for the CLI and end-to-end tests: the plugin binary, the test cluster's
+//! kubeconfig and scripts, and log tails when an e2e test fails.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where `tests/cluster/up` keeps kubeconfigs and logs.
+pub fn e2e_dir() -> PathBuf {
+    std::env::var_os("SIDELOAD_E2E_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".e2e"))
+}
+
+pub fn admin_kubeconfig() -> PathBuf {
+    e2e_dir().join("kubeconfig")
+}
+
+pub fn limited_kubeconfig() -> PathBuf {
+    e2e_dir().join("kubeconfig-limited")
+}
+
+/// The plugin binary cargo built for this test run.
+pub fn plugin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubectl-sideload"));
+    cmd.env_remove("KUBECONFIG").stdin(Stdio::null());
+    cmd
+}
+
+/// The plugin against the test cluster as admin.
+pub fn sideload(args: &[&str]) -> Output {
+    let mut cmd = plugin();
+    cmd.arg("--kubeconfig").arg(admin_kubeconfig()).args(args);
+    run(cmd)
+}
+
+pub fn run(mut cmd: Command) -> Output {
+    let out = cmd.output().expect("spawn");
+    eprintln!(
+        "$ {:?}\nexit: {:?}\nstdout:\n{}\nstderr:\n{}",
+        cmd,
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `tests/cluster/make-image REF OUT [args…]`
+pub fn make_image(reference: &str, out: &Path, args: &[&str]) {
+    let mut cmd = Command::new(repo().join("tests/cluster/make-image"));
+    cmd.arg(reference).arg(out).args(args);
+    let output = run(cmd);
+    assert!(output.status.success(), "make-image failed");
+}
+
+/// `tests/cluster/node-ctr NODE args…`, stdout.
+pub fn node_ctr(node: &str, args: &[&str]) -> String {
+    let mut cmd = Command::new(repo().join("tests/cluster/node-ctr"));
+    cmd.arg(node).args(args);
+    let out = cmd.output().expect("node-ctr");
+    assert!(
+        out.status.success(),
+        "node-ctr {node} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Image refs in a node's `k8s.io` namespace.
+pub fn node_images(node: &str) -> Vec<String> {
+    node_ctr(node, &["-n", "k8s.io", "images", "ls", "-q"])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Removes an image from a node, so tests start from "not there".
+pub fn node_remove_image(node: &str, reference: &str) {
+    let mut cmd = Command::new(repo().join("tests/cluster/node-ctr"));
+    cmd.args([node, "-n", "k8s.io", "images", "rm", "--sync", reference]);
+    let _ = cmd.output();
+}
+
+pub const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A unique-enough suffix for names in one test run.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{:x}{:x}", std::process::id() % 4096, nanos % 65536)
+}
+
+/// On a failing e2e test, prints the tails of the cluster's logs (issue 2: "a failing e2e
+/// test prints the tail of the relevant ones"). Hold one for the test's whole body.
+pub struct LogsOnFailure;
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let dir = e2e_dir().join("logs");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            eprintln!("(no logs under {})", dir.display());
+            return;
+        };
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            // Kubelet and containerd logs say why a pod or an import failed.
+            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            if !(name.contains("kubelet") || name.contains("containerd") || name.contains("apiserver")) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            eprintln!("==> {} (last {} lines) <==\n{}", path.display(), tail.len(), tail.join("\n"));
+        }
+    }
+}
