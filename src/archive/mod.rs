@@ -1,0 +1,409 @@
+//! Image archives: read `docker save` / `podman save` / `skopeo` / `nerdctl save` tars without
+//! extracting them, and re-emit one platform's image (minus the layers a node already has)
+//! as a plain OCI-layout tar stream for `ctr images import`.
+//!
+//! `Archive::open` makes one sequential pass (through gzip if the file is compressed),
+//! hashing every member; `write_oci` makes one more, streaming layers from the file.
+
+mod emit;
+mod error;
+mod layout;
+mod platform;
+pub mod reference;
+mod scan;
+mod spec;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod testutil;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use flate2::bufread::MultiGzDecoder;
+use serde::Serialize;
+
+pub use error::ArchiveError;
+use layout::BlobData;
+pub use platform::Platform;
+use scan::{CHUNK, ScanOpts};
+
+/// Where the archive comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A file (or a FIFO such as `<(docker save app)`, which is spooled like stdin).
+    Path(PathBuf),
+    /// Standard input, spooled once to an unlinked temporary file in `$TMPDIR`.
+    Stdin,
+}
+
+/// The archive's layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Format {
+    /// `manifest.json` + `<id>/layer.tar`: `docker save` before 25, podman and skopeo
+    /// `docker-archive:`.
+    #[serde(rename = "docker-archive")]
+    DockerArchive,
+    /// `oci-layout` + `index.json` + `blobs/sha256/`: podman/skopeo `oci-archive:`,
+    /// nerdctl, buildkit.
+    #[serde(rename = "oci-layout")]
+    OciLayout,
+    /// Docker 25+: an OCI layout that also carries `manifest.json` (index.json wins, as in
+    /// containerd).
+    #[serde(rename = "docker25")]
+    Docker25,
+}
+
+/// A blob as a descriptor names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Blob {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// Bytes.
+    pub size: u64,
+    /// Its media type (for docker-archive layers, containerd's: `…rootfs.diff.tar` if stored
+    /// uncompressed, `…rootfs.diff.tar.gzip` if compressed).
+    pub media_type: String,
+}
+
+/// One platform's image in the archive.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlatformImage {
+    /// From the index descriptor, else from the config.
+    pub platform: Platform,
+    /// The image manifest. For a docker-archive it is the Docker schema 2 manifest
+    /// containerd's importer would synthesise (same bytes, so the same digest every run).
+    pub manifest: Blob,
+    /// The config; its digest is the image ID the kubelet shows. Empty digest if the
+    /// manifest itself is missing (then the config is unknown).
+    pub config: Blob,
+    /// Layers in manifest order.
+    pub layers: Vec<Blob>,
+    /// Every blob this image needs is in the archive (false: kind#3795).
+    pub complete: bool,
+    /// Digests this image needs that the archive lacks.
+    pub missing: Vec<String>,
+}
+
+/// What `open` found.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    /// The archive's layout.
+    pub format: Format,
+    /// The file (or stdin) was gzip-compressed as a whole.
+    pub compressed: bool,
+    /// Fully qualified names (`docker.io/library/app:v2`), in containerd's order:
+    /// `io.containerd.image.name`, then RepoTags, then full `org.opencontainers.image.ref.name`
+    /// values, then bare tags joined to the repositories found. Empty if the image is unnamed.
+    pub refs: Vec<String>,
+    /// Bare tags from `org.opencontainers.image.ref.name` (`v2`): not names by themselves; a
+    /// caller given a repository name may join them to it.
+    pub tags: Vec<String>,
+    /// The multi-platform index digest if the archive's image is an index, else the manifest
+    /// digest.
+    pub digest: String,
+    /// One entry per platform the archive lists.
+    pub images: Vec<PlatformImage>,
+    /// Archive bytes on disk (spooled bytes for stdin).
+    pub size: u64,
+}
+
+/// An opened archive: the file plus what one pass over it found. `Send + Sync`: `write_oci`
+/// reads with positioned reads, so several nodes can be streamed from one `Archive` at once.
+pub struct Archive {
+    /// The archive as the user named it, for messages.
+    name: String,
+    /// The archive file, or stdin's unlinked spool file (the OS deletes it on drop).
+    file: File,
+    compressed: bool,
+    /// Length and mtime at open, for path sources: `write_oci` refuses a file changed since.
+    stamp: Option<(u64, Option<SystemTime>)>,
+    summary: Summary,
+    blobs: HashMap<String, BlobData>,
+    parents: HashMap<String, Vec<Blob>>,
+}
+
+impl std::fmt::Debug for Archive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Archive")
+            .field("name", &self.name)
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Archive {
+    /// Opens and inspects an archive: one sequential read, every blob hashed and checked.
+    pub fn open(src: &Source) -> Result<Archive, ArchiveError> {
+        match src {
+            Source::Path(path) => Archive::open_path(path),
+            Source::Stdin => Archive::open_reader(io::stdin(), "stdin"),
+        }
+    }
+
+    fn open_path(path: &std::path::Path) -> Result<Archive, ArchiveError> {
+        let name = path.display().to_string();
+        let file = File::open(path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => ArchiveError::NotFound { name: name.clone() },
+            _ => ArchiveError::Io {
+                name: name.clone(),
+                action: "opening",
+                source,
+            },
+        })?;
+        let meta = file.metadata().map_err(|source| ArchiveError::Io {
+            name: name.clone(),
+            action: "opening",
+            source,
+        })?;
+        if meta.is_dir() {
+            return Err(ArchiveError::NotAFile { name });
+        }
+        if !meta.is_file() {
+            // A FIFO or character device (`<(docker save …)`, /dev/stdin): read it once,
+            // like stdin.
+            return Archive::open_reader(file, &name);
+        }
+        let len = meta.len();
+        let mut head = [0u8; 2];
+        let n = scan::read_full(&mut &file, &mut head).map_err(|source| ArchiveError::Io {
+            name: name.clone(),
+            action: "reading",
+            source,
+        })?;
+        let compressed = n == 2 && head == [0x1f, 0x8b];
+        let opts = ScanOpts {
+            name: &name,
+            known_len: (!compressed).then_some(len),
+            drain: compressed,
+            gzip: compressed,
+        };
+        let source = io::Cursor::new(&head[..n]).chain(&file);
+        let scanned = if compressed {
+            let gz = MultiGzDecoder::new(BufReader::with_capacity(CHUNK, source));
+            scan::prefetched(gz, |r| scan::scan(r, &opts))
+        } else {
+            scan::prefetched(source, |r| scan::scan(r, &opts))
+        }?;
+        let stamp = Some((len, meta.modified().ok()));
+        Archive::build(name, file, compressed, len, stamp, &scanned)
+    }
+
+    /// Opens an archive from any reader (stdin, a pipe): spools it once to an unlinked
+    /// temporary file in `$TMPDIR` while scanning it, in the same pass.
+    pub(crate) fn open_reader(r: impl Read + Send, name: &str) -> Result<Archive, ArchiveError> {
+        let spool_err = |source| ArchiveError::Io {
+            name: name.to_owned(),
+            action: "creating a temporary file in $TMPDIR to spool the input",
+            source,
+        };
+        let file = tempfile::tempfile().map_err(spool_err)?;
+        let mut r = r;
+        let mut head = [0u8; 2];
+        let n = scan::read_full(&mut r, &mut head).map_err(|source| ArchiveError::Io {
+            name: name.to_owned(),
+            action: "reading",
+            source,
+        })?;
+        if n == 0 {
+            return Err(if name == "stdin" {
+                ArchiveError::EmptyStdin
+            } else {
+                ArchiveError::Empty {
+                    name: name.to_owned(),
+                }
+            });
+        }
+        let compressed = n == 2 && head == [0x1f, 0x8b];
+        let opts = ScanOpts {
+            name,
+            known_len: None,
+            drain: true,
+            gzip: compressed,
+        };
+        let tee = scan::Tee {
+            inner: io::Cursor::new(&head[..n]).chain(r),
+            copy: &file,
+        };
+        let scanned = if compressed {
+            let gz = MultiGzDecoder::new(BufReader::with_capacity(CHUNK, tee));
+            scan::prefetched(gz, |r| scan::scan(r, &opts))
+        } else {
+            scan::prefetched(tee, |r| scan::scan(r, &opts))
+        }?;
+        let len = file
+            .metadata()
+            .map_err(|source| ArchiveError::Io {
+                name: name.to_owned(),
+                action: "spooling the input to $TMPDIR",
+                source,
+            })?
+            .len();
+        Archive::build(name.to_owned(), file, compressed, len, None, &scanned)
+    }
+
+    fn build(
+        name: String,
+        file: File,
+        compressed: bool,
+        size: u64,
+        stamp: Option<(u64, Option<SystemTime>)>,
+        scanned: &scan::Scan,
+    ) -> Result<Archive, ArchiveError> {
+        let resolved = layout::resolve(&name, scanned)?;
+        Ok(Archive {
+            name,
+            file,
+            compressed,
+            stamp,
+            summary: Summary {
+                format: resolved.format,
+                compressed,
+                refs: resolved.refs,
+                tags: resolved.tags,
+                digest: resolved.digest,
+                images: resolved.images,
+                size,
+            },
+            blobs: resolved.blobs,
+            parents: resolved.parents,
+        })
+    }
+
+    /// What the archive holds.
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
+    /// The image for a node's platform.
+    ///
+    /// Errors with `NoMatchingPlatform` if the archive has none, or `IncompletePlatform` if it
+    /// lists the platform without all of its blobs (kind#3795). A node that already holds the
+    /// missing layers can still be served: pass the image from `summary().images` to
+    /// `write_oci` with those layers in `skip`.
+    pub fn image_for(&self, platform: &Platform) -> Result<&PlatformImage, ArchiveError> {
+        let images = &self.summary.images;
+        // A lone image whose config names no architecture runs wherever the runtime
+        // agrees to run it; we cannot check more than that.
+        if let [only] = images.as_slice()
+            && only.platform.architecture.is_empty()
+        {
+            return Ok(only);
+        }
+        let mut candidates = images.iter().filter(|i| i.platform.matches(platform));
+        let Some(first) = candidates.next() else {
+            return Err(ArchiveError::NoMatchingPlatform {
+                wanted: platform.clone(),
+                available: images.iter().map(|i| i.platform.clone()).collect(),
+            });
+        };
+        if first.complete {
+            return Ok(first);
+        }
+        if let Some(complete) = candidates.find(|i| i.complete) {
+            return Ok(complete);
+        }
+        Err(ArchiveError::IncompletePlatform {
+            platform: first.platform.clone(),
+            missing: first.missing.clone(),
+        })
+    }
+
+    /// Exact number of bytes `write_oci` will write for this image and skip set.
+    pub fn oci_len(
+        &self,
+        image: &PlatformImage,
+        skip: &HashSet<String>,
+    ) -> Result<u64, ArchiveError> {
+        self.oci_len_named(image, skip, &self.summary.refs)
+    }
+
+    /// `oci_len` for `write_oci_named`.
+    pub fn oci_len_named(
+        &self,
+        image: &PlatformImage,
+        skip: &HashSet<String>,
+        refs: &[String],
+    ) -> Result<u64, ArchiveError> {
+        Ok(emit::tar_len(&self.plan(image, skip, refs)?))
+    }
+
+    /// Writes a plain OCI-layout tar of `image`: `oci-layout`, `index.json` (one descriptor
+    /// per ref in `summary().refs`, annotated with `io.containerd.image.name` and
+    /// `org.opencontainers.image.ref.name`, all pointing at `target_digest`), the target
+    /// index if the archive's image is multi-platform (with only this platform's manifest),
+    /// the manifest, the config, and every layer not in `skip`. Metadata comes first, then
+    /// layers streamed from the source with one 1 MiB buffer. Returns the bytes written,
+    /// which equal `oci_len`.
+    pub fn write_oci<W: Write>(
+        &self,
+        image: &PlatformImage,
+        skip: &HashSet<String>,
+        w: W,
+    ) -> Result<u64, ArchiveError> {
+        self.write_oci_named(image, skip, &self.summary.refs, w)
+    }
+
+    /// `write_oci` naming the image `refs` instead of the archive's own refs (for an
+    /// unnamed image and a user-given name). Each ref must be a full reference; use
+    /// `reference::normalize` first.
+    pub fn write_oci_named<W: Write>(
+        &self,
+        image: &PlatformImage,
+        skip: &HashSet<String>,
+        refs: &[String],
+        w: W,
+    ) -> Result<u64, ArchiveError> {
+        let plan = self.plan(image, skip, refs)?;
+        let written = self.write_entries(&plan, w)?;
+        debug_assert_eq!(written, emit::tar_len(&plan));
+        Ok(written)
+    }
+
+    /// The digest containerd records as each ref's target after importing `write_oci`'s
+    /// output: the multi-platform index digest when the archive's image is an index (it is
+    /// kept), else the manifest digest.
+    pub fn target_digest(&self, image: &PlatformImage) -> String {
+        self.parents
+            .get(&image.manifest.digest)
+            .and_then(|p| p.first())
+            .map_or_else(|| image.manifest.digest.clone(), |b| b.digest.clone())
+    }
+
+    /// This archive's copy of `image` (callers may pass a clone).
+    fn own_image(&self, image: &PlatformImage) -> Result<&PlatformImage, ArchiveError> {
+        self.summary
+            .images
+            .iter()
+            .find(|i| i.manifest.digest == image.manifest.digest)
+            .ok_or_else(|| ArchiveError::UnknownImage {
+                name: self.name.clone(),
+                manifest: image.manifest.digest.clone(),
+            })
+    }
+
+    /// Refuses to stream from a file that changed since `open` verified it.
+    fn check_unchanged(&self) -> Result<(), ArchiveError> {
+        let Some((len, mtime)) = self.stamp else {
+            return Ok(()); // our own spool file: nobody else can reach it
+        };
+        let meta = self.file.metadata().map_err(|source| ArchiveError::Io {
+            name: self.name.clone(),
+            action: "checking",
+            source,
+        })?;
+        if meta.len() != len || meta.modified().ok() != mtime {
+            return Err(ArchiveError::SourceChanged {
+                name: self.name.clone(),
+                detail: format!(
+                    "it was {len} bytes when opened, now {} bytes with a new modification time",
+                    meta.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
