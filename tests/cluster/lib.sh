@@ -10,7 +10,7 @@ case " $GOFLAGS " in *" -buildvcs=false "*) ;; *) GOFLAGS="$GOFLAGS -buildvcs=fa
 
 CLUSTER_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$CLUSTER_DIR/../.." && pwd)
-E2E=${SIDELOAD_E2E_DIR:-$REPO_ROOT/.e2e}
+E2E=$(realpath -m "${SIDELOAD_E2E_DIR:-$REPO_ROOT/.e2e}")  # absolute: it ends up in config files
 CACHE=${SIDELOAD_CACHE:-$HOME/.cache/kubectl-sideload-e2e}
 
 # --- versions ---------------------------------------------------------------------------
@@ -33,6 +33,16 @@ log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 need_root() { [ "$(id -u)" = 0 ] || die "$(basename "$0") must run as root (it creates netns, cgroups, mounts)"; }
+
+# cluster_lock: one up/down at a time on this host (parallel test jobs may all call up).
+# The lock is held until the calling script exits.
+cluster_lock() {
+  [ "${SIDELOAD_E2E_LOCKED:-}" = 1 ] && return 0   # `up` calling `down` already holds it
+  export SIDELOAD_E2E_LOCKED=1
+  mkdir -p /run/lock
+  exec 8>/run/lock/sideload-e2e.lock
+  flock 8
+}
 
 # --- building ---------------------------------------------------------------------------
 
@@ -276,8 +286,10 @@ start_bg() {
   printf '\n==== %s starting: %s\n' "$(date -Is)" "$*" >>"$log"
   # The inner shell joins the cgroup and records its pid, then execs: the pid stays the
   # component's own. setsid + nohup: the process outlives the script that ran `up`.
+  # 8>&-: the daemon must not inherit cluster_lock's descriptor, or it would hold the
+  # lock for its whole life and the next up/down would wait forever.
   setsid nohup sh -c 'echo $$ >"$1/cgroup.procs" && echo $$ >"$2" && shift 2 && exec "$@"' \
-    sh "$cg" "$pf" "${pre[@]}" "$@" </dev/null >>"$log" 2>&1 &
+    sh "$cg" "$pf" "${pre[@]}" "$@" </dev/null >>"$log" 2>&1 8>&- &
   local i
   for i in $(seq 50); do [ -s "$pf" ] && return 0; sleep 0.1; done
   die "$name did not start; see $log"
