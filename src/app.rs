@@ -13,7 +13,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 
 use crate::archive::{Archive, Source, Summary};
-use crate::cli::{CleanupArgs, Cli, Command, CompletionArgs, DryRun, InspectArgs, KubeArgs, LoadArgs, Output};
+use crate::cli::{
+    CleanupArgs, Cli, Command, CompletionArgs, DryRun, InspectArgs, KubeArgs, LoadArgs, Output,
+};
 use crate::cluster::{client, helper, nodes};
 use crate::load::{self, LivePods, Status};
 use crate::plan::{self, Plan};
@@ -35,6 +37,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
 /// Opens the archive on a blocking thread: it is one sequential read of the whole file.
 async fn open_archive(arg: &str) -> Result<Archive> {
     let source = if arg == "-" {
+        if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            bail!(
+                "ARCHIVE is - but stdin is a terminal; pipe an archive in (docker save app:v2 | kubectl sideload -) or pass a path"
+            );
+        }
         Source::Stdin
     } else {
         Source::Path(arg.into())
@@ -106,7 +113,10 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         Output::Table => report::table(summary, &results),
     };
     print_stdout(&text);
-    let failed = results.iter().filter(|r| r.status == Status::Failed).count();
+    let failed = results
+        .iter()
+        .filter(|r| r.status == Status::Failed)
+        .count();
     if failed > 0 {
         eprintln!("error: {failed} of {} node(s) failed", results.len());
         return Ok(ExitCode::FAILURE);
@@ -126,7 +136,11 @@ async fn dry_run(
         let pods: Api<Pod> = Api::namespaced(client.clone(), &plan.helper_namespace);
         for pod in plan.pods() {
             if let Err(err) = helper::create(&pods, pod, true).await {
-                let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+                let node = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default();
                 admission_errors.push(format!("  {node}: {err:#}"));
             }
         }
@@ -157,7 +171,10 @@ async fn dry_run(
     if problems.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    bail!("dry run found problems (nothing was changed): {}", problems.join("\n"))
+    bail!(
+        "dry run found problems (nothing was changed): {}",
+        problems.join("\n")
+    )
 }
 
 async fn inspect(args: InspectArgs) -> Result<ExitCode> {
@@ -174,10 +191,17 @@ async fn inspect(args: InspectArgs) -> Result<ExitCode> {
 
 fn inspect_table(summary: &Summary) -> String {
     let mut out = format!(
-        "format:  {:?}{}\nrefs:    {}\ndigest:  {}\nsize:    {}\n",
-        summary.format,
+        "format:  {}{}\nrefs:    {}\ndigest:  {}\nsize:    {}\n",
+        serde_json::to_value(summary.format)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
         if summary.compressed { " (gzip)" } else { "" },
-        if summary.refs.is_empty() { "(none)".to_string() } else { summary.refs.join(", ") },
+        if summary.refs.is_empty() {
+            "(none)".to_string()
+        } else {
+            summary.refs.join(", ")
+        },
         summary.digest,
         report::human_bytes(summary.size),
     );
@@ -205,7 +229,10 @@ async fn cleanup(kube: &KubeArgs, args: CleanupArgs) -> Result<ExitCode> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &args.helper_namespace);
     let names = helper::list(&pods, None).await?;
     if names.is_empty() {
-        print_stdout(&format!("no helper pods in namespace {}\n", args.helper_namespace));
+        print_stdout(&format!(
+            "no helper pods in namespace {}\n",
+            args.helper_namespace
+        ));
         return Ok(ExitCode::SUCCESS);
     }
     for name in &names {
@@ -293,7 +320,10 @@ mod tests {
         let a = run_id();
         let b = run_id();
         assert_eq!(a.len(), 6);
-        assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
         assert_ne!(a, b);
     }
 }

@@ -71,7 +71,12 @@ pub struct LoadArgs {
     pub archive: Option<String>,
 
     /// Nodes to load: `all`, or a comma-separated list of node names
-    #[arg(long, value_name = "all|NAME,…", default_value = "all", conflicts_with = "selector")]
+    #[arg(
+        long,
+        value_name = "all|NAME,…",
+        default_value = "all",
+        conflicts_with = "selector"
+    )]
     pub nodes: String,
 
     /// Load only the nodes matching this label selector (e.g. `pool=gpu`)
@@ -309,8 +314,18 @@ mod tests {
             cli.load.node_selection().unwrap(),
             NodeSelection::Selector("pool=gpu".into())
         );
-        assert!(parse(&["app.tar", "--nodes", "a,,b"]).load.node_selection().is_err());
-        assert!(parse(&["app.tar", "--nodes", "a,a"]).load.node_selection().is_err());
+        assert!(
+            parse(&["app.tar", "--nodes", "a,,b"])
+                .load
+                .node_selection()
+                .is_err()
+        );
+        assert!(
+            parse(&["app.tar", "--nodes", "a,a"])
+                .load
+                .node_selection()
+                .is_err()
+        );
     }
 
     #[test]
@@ -322,7 +337,10 @@ mod tests {
 
     #[test]
     fn dry_run_without_value_means_client() {
-        assert_eq!(parse(&["x.tar", "--dry-run"]).load.dry_run, Some(DryRun::Client));
+        assert_eq!(
+            parse(&["x.tar", "--dry-run"]).load.dry_run,
+            Some(DryRun::Client)
+        );
         assert_eq!(
             parse(&["x.tar", "--dry-run=server"]).load.dry_run,
             Some(DryRun::Server)
@@ -335,7 +353,10 @@ mod tests {
         match cli.command {
             Some(Command::Cleanup(c)) => {
                 assert_eq!(c.helper_namespace, "ops");
-                assert_eq!(cli.kube.kubeconfig.as_deref(), Some(std::path::Path::new("/k")));
+                assert_eq!(
+                    cli.kube.kubeconfig.as_deref(),
+                    Some(std::path::Path::new("/k"))
+                );
             }
             other => panic!("unexpected {other:?}"),
         }

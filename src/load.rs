@@ -45,13 +45,24 @@ pub struct LivePods(Arc<Mutex<BTreeSet<String>>>);
 
 impl LivePods {
     fn add(&self, name: &str) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string());
     }
     fn remove(&self, name: &str) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
     }
     pub fn names(&self) -> Vec<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -120,7 +131,12 @@ enum Outcome {
 }
 
 /// Runs the node's steps inside a helper pod and always removes the pod afterwards.
-async fn with_helper(run: &Run, pods: &Api<Pod>, plan: &NodePlan, bar: &ProgressBar) -> Result<Outcome> {
+async fn with_helper(
+    run: &Run,
+    pods: &Api<Pod>,
+    plan: &NodePlan,
+    bar: &ProgressBar,
+) -> Result<Outcome> {
     let Decision::Load { pod, .. } = &plan.decision else {
         unreachable!("only Load decisions reach with_helper");
     };
@@ -136,7 +152,9 @@ async fn with_helper(run: &Run, pods: &Api<Pod>, plan: &NodePlan, bar: &Progress
     let removed = helper::delete(pods, &name, Duration::from_secs(30)).await;
     run.live.remove(&name);
     let outcome = outcome?;
-    removed.with_context(|| format!("could not delete helper pod {name}; run `kubectl sideload cleanup`"))?;
+    removed.with_context(|| {
+        format!("could not delete helper pod {name}; run `kubectl sideload cleanup`")
+    })?;
     Ok(outcome)
 }
 
@@ -147,11 +165,20 @@ async fn import(
     plan: &NodePlan,
     bar: &ProgressBar,
 ) -> Result<Outcome> {
-    let Decision::Load { platform, digest, bytes, .. } = &plan.decision else {
+    let Decision::Load {
+        platform,
+        digest,
+        bytes,
+        ..
+    } = &plan.decision
+    else {
         unreachable!("only Load decisions reach import");
     };
     let Runtime::Containerd { flavour, .. } = &plan.node.runtime else {
-        bail!("{}", plan.node.runtime.unsupported_reason().unwrap_or_default());
+        bail!(
+            "{}",
+            plan.node.runtime.unsupported_reason().unwrap_or_default()
+        );
     };
     let refs = &run.archive.summary().refs;
 
@@ -182,7 +209,10 @@ async fn import(
         let image = archive
             .image_for(&want)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        let mut counting = Counting { inner: w, bar: counter };
+        let mut counting = Counting {
+            inner: w,
+            bar: counter,
+        };
         archive
             .write_oci(image, &HashSet::new(), &mut counting)
             .map_err(|e| io::Error::other(e.to_string()))
@@ -199,7 +229,10 @@ async fn import(
     bar.set_message("verifying");
     let missing = containerd::missing_refs(&list().await?, refs, digest);
     if !missing.is_empty() {
-        bail!("import finished but the runtime does not list the image: {}", missing.join("; "));
+        bail!(
+            "import finished but the runtime does not list the image: {}",
+            missing.join("; ")
+        );
     }
     Ok(Outcome::Loaded(sent))
 }

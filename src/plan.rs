@@ -156,7 +156,11 @@ pub fn decide(
     };
     let bytes = match archive.oci_len(image, &HashSet::new()) {
         Ok(bytes) => bytes,
-        Err(err) => return Decision::Refuse { reason: err.to_string() },
+        Err(err) => {
+            return Decision::Refuse {
+                reason: err.to_string(),
+            };
+        }
     };
     let pod = helper::pod(&HelperSpec {
         node: &node.name,
@@ -177,7 +181,8 @@ pub fn decide(
 /// Images of pods running on a node: the helper's fallback when no pause image is listed.
 async fn running_images(client: &kube::Client, node: &str) -> Vec<String> {
     let pods: Api<Pod> = Api::all(client.clone());
-    let params = ListParams::default().fields(&format!("spec.nodeName={node},status.phase=Running"));
+    let params =
+        ListParams::default().fields(&format!("spec.nodeName={node},status.phase=Running"));
     let Ok(list) = pods.list(&params).await else {
         return Vec::new();
     };
@@ -190,4 +195,122 @@ async fn running_images(client: &kube::Client, node: &str) -> Vec<String> {
     images.sort();
     images.dedup();
     images
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::Source;
+    use crate::archive::testutil::{TestImage, docker_archive, write_temp};
+    use crate::runtime::Runtime;
+
+    fn archive(platform: &str) -> (tempfile::TempDir, Archive) {
+        let img = TestImage::new(7, platform, 2, 4096);
+        let (dir, path) = write_temp(&docker_archive(&img, &["app:v1"]).tar());
+        let archive = Archive::open(&Source::Path(path)).unwrap();
+        (dir, archive)
+    }
+
+    fn node(name: &str, arch: &str, ready: bool, runtime: &str) -> NodeFacts {
+        NodeFacts {
+            name: name.into(),
+            ready,
+            unschedulable: false,
+            platform: Platform::new("linux", arch, None),
+            runtime: Runtime::from_node_info(runtime, "v1.34.4", false),
+            kubelet_version: "v1.34.4".into(),
+            taints: vec![],
+            images: vec!["registry.k8s.io/pause:3.10".into()],
+            runtime_endpoint: None,
+        }
+    }
+
+    fn opts(skip_unready: bool) -> Options<'static> {
+        Options {
+            helper_namespace: "kube-system",
+            helper_image: None,
+            skip_unready,
+            run_id: "abc123",
+        }
+    }
+
+    #[test]
+    fn a_ready_containerd_node_of_the_right_platform_is_loaded() {
+        let (_dir, archive) = archive("linux/amd64");
+        let d = decide(
+            &archive,
+            &node("n1", "amd64", true, "containerd://1.7.2"),
+            &[],
+            &opts(false),
+        );
+        let Decision::Load {
+            pod,
+            bytes,
+            digest,
+            helper,
+            ..
+        } = d
+        else {
+            panic!("expected load, got {d:?}");
+        };
+        assert!(bytes > 8192);
+        assert!(digest.starts_with("sha256:"));
+        assert!(helper.is_pause);
+        assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("n1"));
+    }
+
+    #[test]
+    fn not_ready_is_refused_unless_skipped() {
+        let (_dir, archive) = archive("linux/amd64");
+        let n = node("n1", "amd64", false, "containerd://1.7.2");
+        assert!(
+            matches!(decide(&archive, &n, &[], &opts(false)), Decision::Refuse { reason } if reason.contains("--skip-unready"))
+        );
+        assert!(matches!(
+            decide(&archive, &n, &[], &opts(true)),
+            Decision::Skip { .. }
+        ));
+    }
+
+    #[test]
+    fn wrong_platform_and_runtime_are_refused_with_the_way_out() {
+        let (_dir, archive) = archive("linux/arm64");
+        let d = decide(
+            &archive,
+            &node("n1", "amd64", true, "containerd://1.7.2"),
+            &[],
+            &opts(false),
+        );
+        assert!(
+            matches!(&d, Decision::Refuse { reason } if reason.contains("kubernetes.io/arch=arm64")),
+            "{d:?}"
+        );
+        let (_dir, archive) = archive_amd64();
+        let d = decide(
+            &archive,
+            &node("n1", "amd64", true, "cri-o://1.30.1"),
+            &[],
+            &opts(false),
+        );
+        assert!(
+            matches!(&d, Decision::Refuse { reason } if reason.contains("cri-o")),
+            "{d:?}"
+        );
+    }
+
+    fn archive_amd64() -> (tempfile::TempDir, Archive) {
+        archive("linux/amd64")
+    }
+
+    #[test]
+    fn a_node_with_nothing_to_reuse_asks_for_helper_image() {
+        let (_dir, archive) = archive_amd64();
+        let mut n = node("n1", "amd64", true, "containerd://2.0.0");
+        n.images.clear();
+        let d = decide(&archive, &n, &[], &opts(false));
+        assert!(
+            matches!(&d, Decision::Refuse { reason } if reason.contains("--helper-image")),
+            "{d:?}"
+        );
+    }
 }

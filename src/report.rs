@@ -56,7 +56,12 @@ pub fn table(summary: &Summary, results: &[NodeResult]) -> String {
             r.error.clone().unwrap_or_default(),
         ]);
     }
-    format!("image {} ({})\n{}", summary.refs.join(", "), summary.digest, columns(&rows))
+    format!(
+        "image {} ({})\n{}",
+        summary.refs.join(", "),
+        summary.digest,
+        columns(&rows)
+    )
 }
 
 /// The plan as a table, for `--dry-run`.
@@ -72,7 +77,12 @@ pub fn plan_table(summary: &Summary, plan: &Plan) -> String {
         let (action, detail) = match &n.decision {
             Decision::Load { bytes, helper, .. } => (
                 "load".to_string(),
-                format!("send up to {} via helper image {} ({})", human_bytes(*bytes), helper.image, helper.source),
+                format!(
+                    "send up to {} via helper image {} ({})",
+                    human_bytes(*bytes),
+                    helper.image,
+                    helper.source
+                ),
             ),
             Decision::Skip { reason } => ("skip".into(), reason.clone()),
             Decision::Refuse { reason } => ("refuse".into(), reason.clone()),
@@ -106,7 +116,13 @@ fn columns<const N: usize>(rows: &[[String; N]]) -> String {
         let line: Vec<String> = row
             .iter()
             .enumerate()
-            .map(|(i, c)| if i + 1 == N { c.clone() } else { format!("{c:<w$}", w = widths[i]) })
+            .map(|(i, c)| {
+                if i + 1 == N {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
             .collect();
         out.push_str(line.join("   ").trim_end());
         out.push('\n');
@@ -122,7 +138,11 @@ pub fn human_bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ mod spec;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;

@@ -39,13 +39,20 @@ mod tests {
     use kube::core::Status;
 
     fn api_error(code: u16, message: &str) -> kube::Error {
-        kube::Error::Api(Status::failure(message, "Forbidden").with_code(code).boxed())
+        kube::Error::Api(
+            Status::failure(message, "Forbidden")
+                .with_code(code)
+                .boxed(),
+        )
     }
 
     #[test]
     fn forbidden_names_verb_resource_and_fix() {
         let msg = explain(
-            api_error(403, r#"pods is forbidden: User "bob" cannot create resource "pods""#),
+            api_error(
+                403,
+                r#"pods is forbidden: User "bob" cannot create resource "pods""#,
+            ),
             "create",
             "pods in kube-system",
         )
@@ -57,7 +64,10 @@ mod tests {
     #[test]
     fn pod_security_names_the_label() {
         let msg = explain(
-            api_error(403, r#"pods "x" is forbidden: violates PodSecurity "baseline:latest""#),
+            api_error(
+                403,
+                r#"pods "x" is forbidden: violates PodSecurity "baseline:latest""#,
+            ),
             "create",
             "pods",
         )

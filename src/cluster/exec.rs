@@ -10,8 +10,8 @@ use std::io::{self, Write};
 
 use anyhow::{Context, Result, anyhow};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, AttachParams};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
+use kube::api::{Api, AttachParams};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::io::SyncIoBridge;
 
@@ -41,7 +41,11 @@ impl Output {
         Err(anyhow!(
             "{what} failed with exit code {}{}",
             self.exit_code,
-            if detail.is_empty() { String::new() } else { format!(": {detail}") }
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {detail}")
+            }
         ))
     }
 }
@@ -118,7 +122,11 @@ async fn finish(
         anyhow!(
             "the exec stream ended without an exit status (API server or kubelet restarted, \
              or the helper pod was deleted){}",
-            if stderr.is_empty() { String::new() } else { format!("; stderr: {}", last_lines(&stderr, 3)) }
+            if stderr.is_empty() {
+                String::new()
+            } else {
+                format!("; stderr: {}", last_lines(&stderr, 3))
+            }
         )
     })?;
     Ok(Output {
@@ -179,13 +187,18 @@ mod tests {
 
     #[test]
     fn exit_codes_from_status() {
-        assert_eq!(exit_code(&status(r#"{"status":"Success","metadata":{}}"#)), 0);
+        assert_eq!(
+            exit_code(&status(r#"{"status":"Success","metadata":{}}"#)),
+            0
+        );
         let failed = status(
             r#"{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code: error executing command [sh -c exit 3], exit code 3","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}"#,
         );
         assert_eq!(exit_code(&failed), 3);
         assert_eq!(
-            exit_code(&status(r#"{"status":"Failure","reason":"InternalError","metadata":{}}"#)),
+            exit_code(&status(
+                r#"{"status":"Failure","reason":"InternalError","metadata":{}}"#
+            )),
             -1
         );
     }

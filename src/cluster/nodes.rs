@@ -120,9 +120,9 @@ pub async fn select(client: &kube::Client, selection: &NodeSelection) -> Result<
                     .map_err(|e| explain(e, "get", "nodes"))?
                 {
                     Some(node) => found.push(node),
-                    None => bail!(
-                        "node {name:?} not found; `kubectl get nodes` lists the node names"
-                    ),
+                    None => {
+                        bail!("node {name:?} not found; `kubectl get nodes` lists the node names")
+                    }
                 }
             }
             found

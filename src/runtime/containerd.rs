@@ -259,7 +259,10 @@ mod tests {
         assert_eq!(argv[4], "/weird path/$(reboot).sock");
         let dashes = argv.iter().position(|a| a == "--").unwrap();
         assert_eq!(argv[5..dashes], ["/run/k3s/containerd/containerd.sock"]);
-        assert_eq!(argv[dashes + 1], "/var/lib/rancher/k3s/data/current/bin/ctr");
+        assert_eq!(
+            argv[dashes + 1],
+            "/var/lib/rancher/k3s/data/current/bin/ctr"
+        );
     }
 
     #[test]
@@ -276,7 +279,16 @@ mod tests {
     fn import_flags_follow_ctr_version() {
         let old = import_argv(&located(Version::new(1, 6, 20)), 42, "linux/amd64");
         assert_eq!(old[2], IMPORT_SCRIPT);
-        assert_eq!(old[4..], ["42", "/usr/bin/ctr", "/run/containerd/containerd.sock", "--platform", "linux/amd64"]);
+        assert_eq!(
+            old[4..],
+            [
+                "42",
+                "/usr/bin/ctr",
+                "/run/containerd/containerd.sock",
+                "--platform",
+                "linux/amd64"
+            ]
+        );
         let new = import_argv(&located(Version::new(2, 1, 0)), 42, "linux/arm64");
         assert_eq!(new.last().unwrap(), "--local");
     }
@@ -289,7 +301,10 @@ docker.io/library/app:v2         application/vnd.oci.image.manifest.v1+json     
         let listed = parse_images(out);
         assert_eq!(listed.len(), 2);
         assert_eq!(listed["docker.io/library/app:v1"], "sha256:aaaa");
-        let refs = vec!["docker.io/library/app:v1".to_string(), "docker.io/library/app:v3".into()];
+        let refs = vec![
+            "docker.io/library/app:v1".to_string(),
+            "docker.io/library/app:v3".into(),
+        ];
         let missing = missing_refs(&listed, &refs, "sha256:bbbb");
         assert_eq!(missing.len(), 2);
         assert!(missing[0].contains("expected sha256:bbbb"));
