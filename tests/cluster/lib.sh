@@ -185,7 +185,8 @@ node_veth() { echo "sl-veth-${1#node-}"; }
 node_cgroup() { echo "sl-$1"; }           # kubelet cgroupRoot, one per node
 node_dir() { echo "$E2E/nodes/$1"; }
 node_run() { echo "$RUN/$1"; }
-node_sock() { echo "$RUN/$1/containerd.sock"; }
+node_sock() { echo "$RUN/$1/containerd.sock"; }   # = /run/containerd/containerd.sock in the node's view
+node_mntns() { echo "$RUN/mnt/$1"; }                # the node's mount namespace (nsfs bind mount)
 node_labels() { case $1 in node-c) echo "pool=green" ;; *) echo "pool=blue" ;; esac; }
 node_ctrd_bin() {
   case $1 in node-a) echo "$CTRD_DEB_BIN" ;; node-b) echo "$CTRD_17_BIN" ;; node-c) echo "$CTRD_2_BIN" ;; esac
@@ -259,7 +260,8 @@ pidfile() { echo "$E2E/pids/$1.pid"; }
 # (guards against a recycled pid in a stale pid file).
 is_ours() {
   local pid=$1 name=$2
-  [ -n "$pid" ] && [ -r "/proc/$pid/cgroup" ] && grep -q "/$CG_TRACK/$name\$" "/proc/$pid/cgroup"
+  [ -n "$pid" ] && [ -r "/proc/$pid/cgroup" ] && grep -q "/$CG_TRACK/$name\$" "/proc/$pid/cgroup" &&
+    ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null   # a zombie has stopped
 }
 
 running() {
@@ -270,11 +272,11 @@ running() {
   is_ours "$pid" "$1"
 }
 
-# start_bg NAME NETNS|- CMD...: start CMD detached (new session, no stdin, log file), in
-# tracking cgroup NAME and, unless NETNS is -, in that network namespace only (the mount
-# namespace stays the host's, so a node's kubelet and containerd see each other's mounts).
+# start_bg NAME NODE|- CMD...: start CMD detached (new session, no stdin, log file), in
+# tracking cgroup NAME and, unless NODE is -, in that node's network and mount namespaces
+# (containerd and kubelet of a node share both, as on a real node).
 start_bg() {
-  local name=$1 ns=$2; shift 2
+  local name=$1 node=$2; shift 2
   local cg log pf
   cg=$(track_hier)/$CG_TRACK/$name
   log=$E2E/logs/$name.log
@@ -282,7 +284,7 @@ start_bg() {
   cg_mkdir "$CG_TRACK/$name"
   mkdir -p "$E2E/logs" "$E2E/pids"
   local pre=()
-  [ "$ns" != - ] && pre=(nsenter "--net=/run/netns/$ns" --)
+  [ "$node" != - ] && pre=(nsenter "--net=/run/netns/$(node_netns "$node")" "--mount=$(node_mntns "$node")" --)
   printf '\n==== %s starting: %s\n' "$(date -Is)" "$*" >>"$log"
   # The inner shell joins the cgroup and records its pid, then execs: the pid stays the
   # component's own. setsid + nohup: the process outlives the script that ran `up`.
@@ -295,20 +297,20 @@ start_bg() {
   die "$name did not start; see $log"
 }
 
-# stop_tracked NAME [TIMEOUT]: SIGTERM every process in NAME's tracking cgroup, SIGKILL
-# what is left after TIMEOUT seconds.
+# stop_tracked NAME [TIMEOUT]: SIGTERM NAME's main process (pid file, checked against its
+# cgroup), give it TIMEOUT seconds, then SIGKILL whatever is left in its tracking cgroup
+# (containerd's shims: their containers are gone by then, so they have nothing to do).
 stop_tracked() {
-  local name=$1 timeout=${2:-10} rel=$CG_TRACK/$1 pids i
-  pids=$(cg_procs "$rel")
-  if [ -n "$pids" ]; then
-    # shellcheck disable=SC2086
-    kill -TERM $pids 2>/dev/null || true
+  local name=$1 timeout=${2:-10} rel=$CG_TRACK/$1 pid="" i
+  [ -f "$(pidfile "$name")" ] && pid=$(cat "$(pidfile "$name")")
+  if is_ours "$pid" "$name"; then
+    kill -TERM "$pid" 2>/dev/null || true
     for i in $(seq $((timeout * 10))); do
-      [ -z "$(cg_procs "$rel")" ] && break
+      is_ours "$pid" "$name" || break
       sleep 0.1
     done
-    kill_cgroup "$rel"
   fi
+  kill_cgroup "$rel" || true
   rm -f "$(pidfile "$name")"
 }
 
