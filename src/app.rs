@@ -95,9 +95,10 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         live: live.clone(),
         progress: progress.clone(),
     };
+    let mut signals = Signals::listen();
     let results = tokio::select! {
         results = load::execute(&run, &plan) => results,
-        signal = shutdown_signal() => {
+        signal = signals.recv() => {
             progress.println(&format!("{signal}: deleting helper pods …"));
             let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &plan.helper_namespace);
             for name in live.names() {
@@ -287,27 +288,51 @@ fn run_id() -> String {
         .collect()
 }
 
-/// Resolves on Ctrl-C or SIGTERM, naming which.
-async fn shutdown_signal() -> &'static str {
+/// Ctrl-C and SIGTERM, listened for from creation on: created just before the first
+/// helper pod, so no signal between "pod created" and "select polled" escapes cleanup.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return "interrupt";
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                interrupt: signal(SignalKind::interrupt()).ok(),
+                terminate: signal(SignalKind::terminate()).ok(),
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => "interrupt",
-            _ = term.recv() => "terminated",
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "interrupt"
+
+    /// Resolves on the first signal, naming it.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.interrupt) => "interrupt",
+                _ = next(&mut self.terminate) => "terminated",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "interrupt"
+        }
     }
 }
 

@@ -12,23 +12,34 @@ use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::{Value, json};
 use util::*;
 
-fn client_blocking() -> kube::Client {
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(async {
-            let config = kube::Config::from_custom_kubeconfig(
-                kube::config::Kubeconfig::read_from(admin_kubeconfig()).expect("run tests/cluster/up first"),
-                &Default::default(),
-            )
-            .await
-            .unwrap();
-            kube::Client::try_from(config).unwrap()
-        })
+async fn admin_client() -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(admin_kubeconfig())
+        .expect("run tests/cluster/up first");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
 }
 
-/// Helper pods (ours) currently in kube-system.
-async fn helper_pods(client: &kube::Client) -> Vec<String> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+/// A fresh namespace for one test's helper pods, so that tests running side by side
+/// never see each other's helpers. Unlabelled namespaces admit privileged pods.
+async fn helper_namespace(client: &kube::Client) -> String {
+    let name = unique("sl-helpers");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+    }))
+    .unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    name
+}
+
+/// Helper pods (ours) currently in `namespace`.
+async fn helper_pods(client: &kube::Client, namespace: &str) -> Vec<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     pods.list(&ListParams::default().labels("app.kubernetes.io/managed-by=kubectl-sideload"))
         .await
         .unwrap()
@@ -63,24 +74,32 @@ async fn run_pod_on(client: &kube::Client, namespace: &str, node: &str, image: &
         if status.phase.as_deref() == Some("Running") {
             let mut logs = String::new();
             for _ in 0..20 {
-                logs = pods.logs(&name, &LogParams::default()).await.unwrap_or_default();
+                logs = pods
+                    .logs(&name, &LogParams::default())
+                    .await
+                    .unwrap_or_default();
                 if !logs.is_empty() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            let _ = pods.delete(&name, &DeleteParams::default().grace_period(0)).await;
+            let _ = pods
+                .delete(&name, &DeleteParams::default().grace_period(0))
+                .await;
             return logs;
         }
         phase_detail = format!("{:?}", status.container_statuses);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let _ = pods.delete(&name, &DeleteParams::default().grace_period(0)).await;
+    let _ = pods
+        .delete(&name, &DeleteParams::default().grace_period(0))
+        .await;
     panic!("pod with {image} on {node} never ran: {phase_detail}");
 }
 
 fn json_out(out: &std::process::Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(out)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(out)))
 }
 
 fn statuses(report: &Value) -> Vec<(String, String)> {
@@ -88,24 +107,46 @@ fn statuses(report: &Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|n| (n["name"].as_str().unwrap().to_string(), n["status"].as_str().unwrap().to_string()))
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_string(),
+                n["status"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_archive_format_loads_into_every_node_and_runs() {
     let _logs = LogsOnFailure;
-    let client = client_blocking();
+    let client = admin_client().await;
+    let ns = helper_namespace(&client).await;
     let dir = tempfile::tempdir().unwrap();
     for format in ["docker", "oci", "docker25"] {
         let reference = format!("sideload.test/e2e-{format}:{}", unique("v"));
         // "sideload.test" is a domain, so the normalised ref is the ref itself.
         let full = reference.clone();
         let tar = dir.path().join(format!("{format}.tar"));
-        make_image(&reference, &tar, &["--format", format, "--layers", "2", "--layer-mib", "2"]);
+        make_image(
+            &reference,
+            &tar,
+            &["--format", format, "--layers", "2", "--layer-mib", "2"],
+        );
 
-        let out = sideload(&[tar.to_str().unwrap(), "--nodes", "all", "-o", "json"]);
-        assert!(out.status.success(), "{format}: sideload failed: {}", stderr(&out));
+        let out = sideload(&[
+            tar.to_str().unwrap(),
+            "--nodes",
+            "all",
+            "-o",
+            "json",
+            "--helper-namespace",
+            &ns,
+        ]);
+        assert!(
+            out.status.success(),
+            "{format}: sideload failed: {}",
+            stderr(&out)
+        );
         let report = json_out(&out);
         assert_eq!(report["image"]["refs"][0], full.as_str());
         let st = statuses(&report);
@@ -116,25 +157,40 @@ async fn each_archive_format_loads_into_every_node_and_runs() {
             assert!(node["error"].is_null());
         }
         for node in NODES {
-            assert!(node_images(node).contains(&full), "{format}: {full} missing on {node}");
+            assert!(
+                node_images(node).contains(&full),
+                "{format}: {full} missing on {node}"
+            );
             let logs = run_pod_on(&client, "default", node, &full).await;
-            assert!(logs.contains("hello from"), "{format} on {node}: log was {logs:?}");
+            assert!(
+                logs.contains("hello from"),
+                "{format} on {node}: log was {logs:?}"
+            );
         }
-        assert!(helper_pods(&client).await.is_empty(), "helper pods left behind");
+        assert!(
+            helper_pods(&client, &ns).await.is_empty(),
+            "helper pods left behind"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dry_run_changes_nothing_and_shows_the_helper_pod() {
     let _logs = LogsOnFailure;
-    let client = client_blocking();
+    let client = admin_client().await;
     let dir = tempfile::tempdir().unwrap();
+    let ns = helper_namespace(&client).await;
     let reference = format!("sideload.test/dry:{}", unique("v"));
     let tar = dir.path().join("dry.tar");
     make_image(&reference, &tar, &[]);
     let before: Vec<Vec<String>> = NODES.iter().map(|n| node_images(n)).collect();
 
-    let out = sideload(&[tar.to_str().unwrap(), "--dry-run"]);
+    let out = sideload(&[
+        tar.to_str().unwrap(),
+        "--dry-run",
+        "--helper-namespace",
+        &ns,
+    ]);
     assert!(out.status.success());
     let text = stdout(&out);
     for node in NODES {
@@ -142,7 +198,14 @@ async fn dry_run_changes_nothing_and_shows_the_helper_pod() {
     }
     assert!(text.contains("load"), "{text}");
 
-    let out = sideload(&[tar.to_str().unwrap(), "--dry-run=server", "-o", "yaml"]);
+    let out = sideload(&[
+        tar.to_str().unwrap(),
+        "--dry-run=server",
+        "-o",
+        "yaml",
+        "--helper-namespace",
+        &ns,
+    ]);
     assert!(out.status.success());
     let yaml = stdout(&out);
     assert_eq!(yaml.matches("kind: Pod").count(), 3, "{yaml}");
@@ -151,7 +214,7 @@ async fn dry_run_changes_nothing_and_shows_the_helper_pod() {
 
     let after: Vec<Vec<String>> = NODES.iter().map(|n| node_images(n)).collect();
     assert_eq!(before, after, "a dry run changed a node's images");
-    assert!(helper_pods(&client).await.is_empty());
+    assert!(helper_pods(&client, &ns).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -165,10 +228,23 @@ async fn a_second_run_skips_nodes_that_have_the_image_and_force_reimports() {
     let first = sideload(&[t, "--nodes", "node-a,node-b", "-o", "json"]);
     assert!(first.status.success());
     let second = json_out(&sideload(&[t, "--nodes", "node-a,node-b", "-o", "json"]));
-    assert!(statuses(&second).iter().all(|(_, s)| s == "skipped"), "{second}");
-    assert!(second["nodes"][0]["error"].as_str().unwrap().contains("already present"));
-    let forced = json_out(&sideload(&[t, "--nodes", "node-b", "--force", "-o", "json"]));
-    assert_eq!(statuses(&forced), [("node-b".to_string(), "loaded".to_string())]);
+    assert!(
+        statuses(&second).iter().all(|(_, s)| s == "skipped"),
+        "{second}"
+    );
+    assert!(
+        second["nodes"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("already present")
+    );
+    let forced = json_out(&sideload(&[
+        t, "--nodes", "node-b", "--force", "-o", "json",
+    ]));
+    assert_eq!(
+        statuses(&forced),
+        [("node-b".to_string(), "loaded".to_string())]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -176,7 +252,9 @@ async fn stdin_archive_loads_like_a_file() {
     let _logs = LogsOnFailure;
     let reference = format!("sideload.test/piped:{}", unique("v"));
     let mut maker = std::process::Command::new(repo().join("tests/cluster/make-image"));
-    maker.args([reference.as_str(), "-", "--format", "docker"]).stdout(Stdio::piped());
+    maker
+        .args([reference.as_str(), "-", "--format", "docker"])
+        .stdout(Stdio::piped());
     let mut maker = maker.spawn().unwrap();
     let mut cmd = plugin();
     cmd.arg("--kubeconfig")
@@ -186,7 +264,10 @@ async fn stdin_archive_loads_like_a_file() {
     let out = run(cmd);
     assert!(maker.wait().unwrap().success());
     assert!(out.status.success());
-    assert_eq!(statuses(&json_out(&out)), [("node-a".to_string(), "loaded".to_string())]);
+    assert_eq!(
+        statuses(&json_out(&out)),
+        [("node-a".to_string(), "loaded".to_string())]
+    );
     assert!(node_images("node-a").contains(&reference));
 }
 
@@ -200,12 +281,19 @@ async fn selector_picks_only_matching_nodes() {
     let out = sideload(&[tar.to_str().unwrap(), "-l", "pool=green", "-o", "json"]);
     assert!(out.status.success());
     // node-c is tainted NoSchedule: the helper tolerates it.
-    assert_eq!(statuses(&json_out(&out)), [("node-c".to_string(), "loaded".to_string())]);
+    assert_eq!(
+        statuses(&json_out(&out)),
+        [("node-c".to_string(), "loaded".to_string())]
+    );
     assert!(!node_images("node-a").contains(&reference));
 
     let none = sideload(&[tar.to_str().unwrap(), "-l", "pool=nonexistent"]);
     assert!(!none.status.success());
-    assert!(stderr(&none).contains("no node matches --selector"), "{}", stderr(&none));
+    assert!(
+        stderr(&none).contains("no node matches --selector"),
+        "{}",
+        stderr(&none)
+    );
     let unknown = sideload(&[tar.to_str().unwrap(), "--nodes", "node-z"]);
     assert!(!unknown.status.success());
     assert!(stderr(&unknown).contains("node \"node-z\" not found"));
@@ -214,34 +302,49 @@ async fn selector_picks_only_matching_nodes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_architecture_is_refused_before_anything_changes() {
     let _logs = LogsOnFailure;
-    let client = client_blocking();
+    let client = admin_client().await;
     let dir = tempfile::tempdir().unwrap();
+    let ns = helper_namespace(&client).await;
     let reference = format!("sideload.test/arm:{}", unique("v"));
     let tar = dir.path().join("arm.tar");
     make_image(&reference, &tar, &["--platform", "linux/arm64"]);
-    let out = sideload(&[tar.to_str().unwrap()]);
+    let out = sideload(&[tar.to_str().unwrap(), "--helper-namespace", &ns]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("nothing was changed"), "{err}");
-    assert!(err.contains("linux/arm64") || err.contains("arm64"), "{err}");
-    assert!(helper_pods(&client).await.is_empty());
+    assert!(
+        err.contains("linux/arm64") || err.contains("arm64"),
+        "{err}"
+    );
+    assert!(helper_pods(&client, &ns).await.is_empty());
     assert!(!node_images("node-a").contains(&reference));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn multi_platform_archive_with_one_platforms_blobs_loads_that_platform() {
     let _logs = LogsOnFailure;
-    let client = client_blocking();
+    let client = admin_client().await;
     let dir = tempfile::tempdir().unwrap();
     let reference = format!("sideload.test/multi:{}", unique("v"));
     let tar = dir.path().join("multi.tar");
     make_image(
         &reference,
         &tar,
-        &["--format", "oci", "--multi-platform", "linux/amd64,linux/arm64", "--only-blobs-for", "linux/amd64"],
+        &[
+            "--format",
+            "oci",
+            "--multi-platform",
+            "linux/amd64,linux/arm64",
+            "--only-blobs-for",
+            "linux/amd64",
+        ],
     );
     let out = sideload(&[tar.to_str().unwrap(), "--nodes", "node-b", "-o", "json"]);
-    assert!(out.status.success(), "kind#3795 case must load: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "kind#3795 case must load: {}",
+        stderr(&out)
+    );
     let logs = run_pod_on(&client, "default", "node-b", &reference).await;
     assert!(logs.contains("hello from"), "{logs}");
 }
@@ -249,8 +352,9 @@ async fn multi_platform_archive_with_one_platforms_blobs_loads_that_platform() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_runs_at_once_do_not_collide() {
     let _logs = LogsOnFailure;
-    let client = client_blocking();
+    let client = admin_client().await;
     let dir = tempfile::tempdir().unwrap();
+    let ns = helper_namespace(&client).await;
     let mut children = Vec::new();
     let mut refs = Vec::new();
     for i in 0..2 {
@@ -260,7 +364,13 @@ async fn two_runs_at_once_do_not_collide() {
         let mut cmd = plugin();
         cmd.arg("--kubeconfig")
             .arg(admin_kubeconfig())
-            .args([tar.to_str().unwrap(), "-o", "json"])
+            .args([
+                tar.to_str().unwrap(),
+                "-o",
+                "json",
+                "--helper-namespace",
+                &ns,
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         children.push(cmd.spawn().unwrap());
@@ -277,45 +387,60 @@ async fn two_runs_at_once_do_not_collide() {
             assert!(images.contains(r), "{r} missing on {node}");
         }
     }
-    assert!(helper_pods(&client).await.is_empty());
+    assert!(helper_pods(&client, &ns).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_run_leaves_nothing_behind() {
     let _logs = LogsOnFailure;
-    let client = client_blocking();
+    let client = admin_client().await;
     let dir = tempfile::tempdir().unwrap();
+    let ns = helper_namespace(&client).await;
     let reference = format!("sideload.test/interrupted:{}", unique("v"));
     let tar = dir.path().join("big.tar");
     make_image(&reference, &tar, &["--layers", "2", "--layer-mib", "128"]);
 
     for signal in ["-INT", "-KILL"] {
         let mut cmd = plugin();
-        cmd.arg("--kubeconfig").arg(admin_kubeconfig()).arg(&tar).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.arg("--kubeconfig")
+            .arg(admin_kubeconfig())
+            .arg(&tar)
+            .args(["--helper-namespace", &ns])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let child = cmd.spawn().unwrap();
         let pid = child.id().to_string();
         // Interrupt as soon as a helper pod exists.
         let mut seen = false;
         for _ in 0..240 {
-            if !helper_pods(&client).await.is_empty() {
+            if !helper_pods(&client, &ns).await.is_empty() {
                 seen = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         assert!(seen, "no helper pod appeared");
-        let status = std::process::Command::new("kill").args([signal, &pid]).status().unwrap();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
         assert!(status.success());
         let out = child.wait_with_output().unwrap();
         if signal == "-INT" {
             // The plugin cleans up after itself on Ctrl-C.
             assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
-            assert!(helper_pods(&client).await.is_empty(), "SIGINT left helper pods");
+            assert!(
+                helper_pods(&client, &ns).await.is_empty(),
+                "SIGINT left helper pods"
+            );
         } else {
             // A killed plugin cannot clean up; `cleanup` must find its pods.
-            let cleanup = sideload(&["cleanup"]);
+            let cleanup = sideload(&["cleanup", "--helper-namespace", &ns]);
             assert!(cleanup.status.success());
-            assert!(helper_pods(&client).await.is_empty(), "cleanup left helper pods");
+            assert!(
+                helper_pods(&client, &ns).await.is_empty(),
+                "cleanup left helper pods"
+            );
         }
     }
 }
@@ -328,27 +453,46 @@ async fn the_documented_clusterrole_is_enough() {
     let tar = dir.path().join("rbac.tar");
     make_image(&reference, &tar, &[]);
     let mut cmd = plugin();
-    cmd.arg("--kubeconfig")
-        .arg(limited_kubeconfig())
-        .args([tar.to_str().unwrap(), "--nodes", "node-a", "-o", "json"]);
+    cmd.arg("--kubeconfig").arg(limited_kubeconfig()).args([
+        tar.to_str().unwrap(),
+        "--nodes",
+        "node-a",
+        "-o",
+        "json",
+    ]);
     let out = run(cmd);
-    assert!(out.status.success(), "limited user failed: {}", stderr(&out));
-    assert_eq!(statuses(&json_out(&out)), [("node-a".to_string(), "loaded".to_string())]);
+    assert!(
+        out.status.success(),
+        "limited user failed: {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        statuses(&json_out(&out)),
+        [("node-a".to_string(), "loaded".to_string())]
+    );
 
     // The limited user may not create pods outside the helper namespace's grants.
     let mut cmd = plugin();
-    cmd.arg("--kubeconfig")
-        .arg(limited_kubeconfig())
-        .args(["--as", "nobody", tar.to_str().unwrap(), "--nodes", "node-a"]);
+    cmd.arg("--kubeconfig").arg(limited_kubeconfig()).args([
+        "--as",
+        "nobody",
+        tar.to_str().unwrap(),
+        "--nodes",
+        "node-a",
+    ]);
     let denied = run(cmd);
     assert!(!denied.status.success());
-    assert!(stderr(&denied).contains("permission denied") || stderr(&denied).contains("forbidden"), "{}", stderr(&denied));
+    assert!(
+        stderr(&denied).contains("permission denied") || stderr(&denied).contains("forbidden"),
+        "{}",
+        stderr(&denied)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pod_security_rejection_names_the_fix() {
     let _logs = LogsOnFailure;
-    let client = client_blocking();
+    let client = admin_client().await;
     let ns_name = unique("restricted");
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({
@@ -356,16 +500,39 @@ async fn pod_security_rejection_names_the_fix() {
         "metadata": {"name": ns_name, "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}
     }))
     .unwrap();
-    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tar = dir.path().join("psa.tar");
     make_image(&format!("sideload.test/psa:{}", unique("v")), &tar, &[]);
-    let out = sideload(&[tar.to_str().unwrap(), "--nodes", "node-a", "--helper-namespace", &ns_name]);
-    let dry = sideload(&[tar.to_str().unwrap(), "--nodes", "node-a", "--helper-namespace", &ns_name, "--dry-run=server"]);
+    let out = sideload(&[
+        tar.to_str().unwrap(),
+        "--nodes",
+        "node-a",
+        "--helper-namespace",
+        &ns_name,
+    ]);
+    let dry = sideload(&[
+        tar.to_str().unwrap(),
+        "--nodes",
+        "node-a",
+        "--helper-namespace",
+        &ns_name,
+        "--dry-run=server",
+    ]);
     let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
     assert!(!out.status.success());
     let all = format!("{}{}", stdout(&out), stderr(&out));
-    assert!(all.contains("pod-security.kubernetes.io/enforce=privileged"), "{all}");
+    assert!(
+        all.contains("pod-security.kubernetes.io/enforce=privileged"),
+        "{all}"
+    );
     assert!(!dry.status.success());
-    assert!(stderr(&dry).contains("pod-security.kubernetes.io/enforce=privileged"), "{}", stderr(&dry));
+    assert!(
+        stderr(&dry).contains("pod-security.kubernetes.io/enforce=privileged"),
+        "{}",
+        stderr(&dry)
+    );
 }

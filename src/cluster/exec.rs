@@ -29,6 +29,9 @@ pub struct Output {
     pub stderr: String,
     /// 0 on success; the process's exit code otherwise (-1 when the API gave none).
     pub exit_code: i32,
+    /// The API's words when the command failed without an exit code (e.g. the container
+    /// was gone).
+    pub message: String,
 }
 
 impl Output {
@@ -37,7 +40,10 @@ impl Output {
         if self.exit_code == 0 {
             return Ok(self);
         }
-        let detail = last_lines(&self.stderr, 5);
+        let mut detail = last_lines(&self.stderr, 5);
+        if detail.is_empty() {
+            detail = self.message.clone();
+        }
         Err(anyhow!(
             "{what} failed with exit code {}{}",
             self.exit_code,
@@ -131,6 +137,7 @@ async fn finish(
     })?;
     Ok(Output {
         exit_code: exit_code(&status),
+        message: status.message.clone().unwrap_or_default(),
         stdout,
         stderr,
     })
@@ -209,6 +216,7 @@ mod tests {
             stdout: String::new(),
             stderr: "a\nb\n\nctr: content digest sha256:x: not found\n".into(),
             exit_code: 1,
+            message: String::new(),
         };
         let err = out.check("import").unwrap_err().to_string();
         assert!(err.contains("exit code 1"), "{err}");
