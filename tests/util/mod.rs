@@ -119,7 +119,11 @@ pub fn unique(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
-    format!("{prefix}-{:x}{:x}", std::process::id() % 4096, nanos % 65536)
+    format!(
+        "{prefix}-{:x}{:x}",
+        std::process::id() % 4096,
+        nanos % 65536
+    )
 }
 
 /// On a failing e2e test, prints the tails of the cluster's logs (issue 2: "a failing e2e
@@ -140,14 +144,26 @@ impl Drop for LogsOnFailure {
         paths.sort();
         for path in paths {
             // Kubelet and containerd logs say why a pod or an import failed.
-            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            if !(name.contains("kubelet") || name.contains("containerd") || name.contains("apiserver")) {
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            if !(name.contains("kubelet")
+                || name.contains("containerd")
+                || name.contains("apiserver"))
+            {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(15)..];
-            eprintln!("==> {} (last {} lines) <==\n{}", path.display(), tail.len(), tail.join("\n"));
+            eprintln!(
+                "==> {} (last {} lines) <==\n{}",
+                path.display(),
+                tail.len(),
+                tail.join("\n")
+            );
         }
     }
 }
