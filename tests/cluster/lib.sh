@@ -272,10 +272,14 @@ running() {
   is_ours "$pid" "$1"
 }
 
-# start_bg NAME NODE|- CMD...: start CMD detached (new session, no stdin, log file), in
-# tracking cgroup NAME and, unless NODE is -, in that node's network and mount namespaces
-# (containerd and kubelet of a node share both, as on a real node).
+# start_bg [--restart] NAME NODE|- CMD...: start CMD detached (new session, no stdin, log
+# file), in tracking cgroup NAME and, unless NODE is -, in that node's network and mount
+# namespaces (containerd and kubelet of a node share both, as on a real node).
+# --restart: keep it running as systemd's Restart=always does for a real node's kubelet
+# (a small shell restarts it 2 s after any exit; SIGTERM to that shell stops both).
 start_bg() {
+  local restart=0
+  if [ "$1" = --restart ]; then restart=1; shift; fi
   local name=$1 node=$2; shift 2
   local cg log pf
   cg=$(track_hier)/$CG_TRACK/$name
@@ -286,12 +290,22 @@ start_bg() {
   local pre=()
   [ "$node" != - ] && pre=(nsenter "--net=/run/netns/$(node_netns "$node")" "--mount=$(node_mntns "$node")" --)
   printf '\n==== %s starting: %s\n' "$(date -Is)" "$*" >>"$log"
-  # The inner shell joins the cgroup and records its pid, then execs: the pid stays the
-  # component's own. setsid + nohup: the process outlives the script that ran `up`.
-  # 8>&-: the daemon must not inherit cluster_lock's descriptor, or it would hold the
+  # The inner shell joins the cgroup and records its pid, then execs (or supervises): the
+  # pid file names the process to signal. setsid + nohup: it outlives the script that ran
+  # `up`. 8>&-: the daemon must not inherit cluster_lock's descriptor, or it would hold the
   # lock for its whole life and the next up/down would wait forever.
-  setsid nohup sh -c 'echo $$ >"$1/cgroup.procs" && echo $$ >"$2" && shift 2 && exec "$@"' \
-    sh "$cg" "$pf" "${pre[@]}" "$@" </dev/null >>"$log" 2>&1 8>&- &
+  local script='echo $$ >"$1/cgroup.procs" && echo $$ >"$2" && shift 2 && exec "$@"'
+  if [ $restart = 1 ]; then
+    script='echo $$ >"$1/cgroup.procs" && echo $$ >"$2" && shift 2 || exit 1
+      trap '\''[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; wait; exit 0'\'' TERM INT
+      while :; do
+        "$@" & child=$!
+        wait "$child"; rc=$?
+        printf "\n==== %s exited with status %s; restarting in 2 s\n" "$(date -Is)" "$rc"
+        sleep 2
+      done'
+  fi
+  setsid nohup sh -c "$script" sh "$cg" "$pf" "${pre[@]}" "$@" </dev/null >>"$log" 2>&1 8>&- &
   local i
   for i in $(seq 50); do [ -s "$pf" ] && return 0; sleep 0.1; done
   die "$name did not start; see $log"
