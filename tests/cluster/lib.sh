@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # variables here are used by the scripts that source this
 # Shared by tests/cluster/{up,down,node-ctr,smoke}: versions, paths, node table, helpers.
 # Sourced, never run. Everything a node owns lives under its own directory so that
 # three kubelets and three containerds can share one host without sharing state.
@@ -294,8 +294,10 @@ start_bg() {
   # pid file names the process to signal. setsid + nohup: it outlives the script that ran
   # `up`. 8>&-: the daemon must not inherit cluster_lock's descriptor, or it would hold the
   # lock for its whole life and the next up/down would wait forever.
+  # shellcheck disable=SC2016  # expanded by the inner shell, not here
   local script='echo $$ >"$1/cgroup.procs" && echo $$ >"$2" && shift 2 && exec "$@"'
   if [ $restart = 1 ]; then
+    # shellcheck disable=SC2016
     script='echo $$ >"$1/cgroup.procs" && echo $$ >"$2" && shift 2 || exit 1
       trap '\''[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; wait; exit 0'\'' TERM INT
       while :; do
