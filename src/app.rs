@@ -2,6 +2,7 @@
 //! cluster is touched; the plan is whole before any pod is created; every pod created is
 //! deleted again, also on Ctrl-C/SIGTERM.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,13 +15,15 @@ use kube::api::Api;
 
 use crate::archive::{Archive, Source, Summary};
 use crate::cli::{
-    CleanupArgs, Cli, Command, CompletionArgs, DryRun, InspectArgs, KubeArgs, LoadArgs, Output,
+    CleanupArgs, Cli, Command, CompletionArgs, DryRun, InspectArgs, KubeArgs, LoadArgs,
+    NodeSelection, Output,
 };
 use crate::cluster::{client, helper, nodes};
 use crate::load::{self, LivePods, Status};
-use crate::plan::{self, Plan};
+use crate::plan::{self, Decision, Plan};
 use crate::progress::Progress;
 use crate::report;
+use crate::workload;
 
 /// Exit code when interrupted, as shells report SIGINT.
 const INTERRUPTED: u8 = 130;
@@ -30,6 +33,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Inspect(args)) => inspect(args).await,
         Some(Command::Cleanup(args)) => cleanup(&cli.kube, args).await,
         Some(Command::Completion(args)) => completion(args),
+        Some(Command::Complete(args)) => crate::complete::run(&args.words).await,
         None => sideload(cli.load, &cli.kube).await,
     }
 }
@@ -53,7 +57,7 @@ async fn open_archive(arg: &str) -> Result<Archive> {
 }
 
 async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
-    let selection = args.node_selection().map_err(|e| anyhow!(e))?;
+    let mut selection = args.node_selection().map_err(|e| anyhow!(e))?;
     let archive_arg = args
         .archive
         .clone()
@@ -62,6 +66,20 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
     let summary = archive.summary();
 
     let cluster = client::connect(kube).await?;
+    // Workloads before nodes and pods: a missing workload or container fails with nothing
+    // changed, and DaemonSets decide the default nodes.
+    let stage = workload_stage(&args, &cluster, summary, &archive_arg).await?;
+    if !args.nodes_chosen()
+        && let Some(names) = stage.as_ref().and_then(workload::Stage::daemonset_nodes)
+    {
+        if names.is_empty() {
+            bail!(
+                "nothing was changed; the DaemonSets run on no node now (nodeSelector, \
+                 affinity or taints): pass --nodes or --selector"
+            );
+        }
+        selection = NodeSelection::Names(names);
+    }
     let nodes = nodes::select(&cluster.client, &selection).await?;
     let run_id = run_id();
     let plan = Plan::build(
@@ -77,11 +95,34 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
     )
     .await?;
 
+    let planned = loading(&plan);
+    let placement = stage.as_ref().map(|s| s.check(&planned));
+    if let Some(Ok(warnings)) = &placement {
+        for warning in warnings {
+            eprintln!("warning: {warning}");
+        }
+    }
     if let Some(mode) = args.dry_run {
-        return dry_run(&cluster.client, summary, &plan, mode, args.output).await;
+        let placement_error = match placement {
+            Some(Err(err)) => Some(format!("{err:#}")),
+            _ => None,
+        };
+        let workloads = stage.as_ref().map(|s| (s, placement_error));
+        return dry_run(
+            &cluster.client,
+            summary,
+            &plan,
+            workloads,
+            mode,
+            args.output,
+        )
+        .await;
     }
     if let Some(refusals) = plan.refusals() {
         bail!("nothing was changed; these nodes cannot be loaded:\n{refusals}");
+    }
+    if let Some(Err(err)) = placement {
+        return Err(err);
     }
 
     let live = LivePods::default();
@@ -109,30 +150,125 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         }
     };
 
-    let text = match args.output {
-        Output::Json | Output::Yaml => report::json(summary, &results),
-        Output::Table => report::table(summary, &results),
-    };
-    print_stdout(&text);
     let failed = results
         .iter()
         .filter(|r| r.status == Status::Failed)
         .count();
+    let mut workload_results = Vec::new();
+    if let Some(stage) = stage {
+        // Nodes that hold the image now: loaded, or found already there.
+        let covered: BTreeSet<String> = plan
+            .nodes
+            .iter()
+            .zip(&results)
+            .filter(|(n, r)| {
+                matches!(n.decision, Decision::Load { .. }) && r.status != Status::Failed
+            })
+            .map(|(_, r)| r.name.clone())
+            .collect();
+        let say = |line: &str| progress.println(line);
+        workload_results = tokio::select! {
+            results = stage.apply(&cluster.client, &covered, failed, &say) => results,
+            signal = signals.recv() => {
+                eprintln!(
+                    "{signal}: stopped; a workload already patched keeps rolling out (see \
+                     `kubectl rollout status`)"
+                );
+                return Ok(ExitCode::from(INTERRUPTED));
+            }
+        };
+    }
+
+    let text = match args.output {
+        Output::Json | Output::Yaml => report::json(summary, &results, &workload_results),
+        Output::Table => report::table(summary, &results, &workload_results),
+    };
+    print_stdout(&text);
+    let workloads_failed = workload_results
+        .iter()
+        .filter(|w| w.error.is_some())
+        .count();
     if failed > 0 {
         eprintln!("error: {failed} of {} node(s) failed", results.len());
+    }
+    if workloads_failed > 0 {
+        eprintln!(
+            "error: {workloads_failed} of {} workload(s) not patched or not rolled out",
+            workload_results.len()
+        );
+    }
+    if failed > 0 || workloads_failed > 0 {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The nodes the plan will load (its `Load` decisions).
+fn loading(plan: &Plan) -> BTreeSet<String> {
+    plan.nodes
+        .iter()
+        .filter(|n| matches!(n.decision, Decision::Load { .. }))
+        .map(|n| n.node.name.clone())
+        .collect()
+}
+
+/// Resolves `--workload`s (reads only) and lists the nodes their placement is judged on.
+async fn workload_stage(
+    args: &LoadArgs,
+    cluster: &client::Cluster,
+    summary: &Summary,
+    archive_arg: &str,
+) -> Result<Option<workload::Stage>> {
+    if args.workload.is_empty() {
+        return Ok(None);
+    }
+    if summary.refs.is_empty() {
+        bail!(
+            "the archive names no image, so there is no ref to set in --workload; save it \
+             with a tag, e.g. `docker save app:v2 -o app.tar`"
+        );
+    }
+    let workloads = workload::resolve(
+        &cluster.client,
+        &cluster.namespace,
+        &args.workload,
+        &summary.refs,
+        &args.container,
+        args.pull_policy,
+    )
+    .await?;
+    let nodes = workload::list_nodes(&cluster.client).await?;
+    Ok(Some(workload::Stage {
+        workloads,
+        nodes,
+        label_key: workload::placement::label_key(&summary.digest),
+        opts: workload::Options {
+            constrain: args.constrain,
+            allow_partial: args.allow_partial,
+            yes: args.yes,
+            wait: args.wait,
+            timeout: args.timeout,
+            archive: archive_arg.to_string(),
+        },
+    }))
 }
 
 async fn dry_run(
     client: &kube::Client,
     summary: &Summary,
     plan: &Plan,
+    workloads: Option<(&workload::Stage, Option<String>)>,
     mode: DryRun,
     output: Output,
 ) -> Result<ExitCode> {
+    let planned = loading(plan);
     let mut admission_errors = Vec::new();
+    let mut patch_errors = Vec::new();
+    if mode == DryRun::Server
+        && let Some((stage, _)) = &workloads
+    {
+        patch_errors = stage.server_dry_run(client).await;
+    }
     if mode == DryRun::Server {
         let pods: Api<Pod> = Api::namespaced(client.clone(), &plan.helper_namespace);
         for pod in plan.pods() {
@@ -147,10 +283,17 @@ async fn dry_run(
         }
     }
     let text = match output {
-        Output::Table => report::plan_table(summary, plan),
+        Output::Table => {
+            let mut text = report::plan_table(summary, plan);
+            if let Some((stage, _)) = &workloads {
+                text.push_str(&stage.dry_run_text(&planned));
+            }
+            text
+        }
         Output::Json => serde_json::to_string_pretty(&serde_json::json!({
             "image": summary,
             "plan": plan,
+            "workloads": workloads.as_ref().map(|(s, _)| s.dry_run_json(&planned)),
         }))?,
         Output::Yaml => plan
             .pods()
@@ -167,6 +310,15 @@ async fn dry_run(
         problems.push(format!(
             "the API server would reject these helper pods:\n{}",
             admission_errors.join("\n")
+        ));
+    }
+    if let Some((_, Some(placement_error))) = &workloads {
+        problems.push(placement_error.clone());
+    }
+    if !patch_errors.is_empty() {
+        problems.push(format!(
+            "the API server would reject these workload patches:\n{}",
+            patch_errors.join("\n")
         ));
     }
     if problems.is_empty() {
@@ -234,7 +386,6 @@ async fn cleanup(kube: &KubeArgs, args: CleanupArgs) -> Result<ExitCode> {
             "no helper pods in namespace {}\n",
             args.helper_namespace
         ));
-        return Ok(ExitCode::SUCCESS);
     }
     for name in &names {
         if args.dry_run {
@@ -242,6 +393,22 @@ async fn cleanup(kube: &KubeArgs, args: CleanupArgs) -> Result<ExitCode> {
         } else {
             helper::delete(&pods, name, Duration::from_secs(30)).await?;
             print_stdout(&format!("pod/{name} deleted\n"));
+        }
+    }
+    if args.labels {
+        let labelled = workload::node_labels(&cluster.client, !args.dry_run).await?;
+        if labelled.is_empty() {
+            print_stdout("no node carries a sideload.dev/img-* label\n");
+        }
+        for (node, keys) in &labelled {
+            for key in keys {
+                let done = if args.dry_run {
+                    "would be removed (dry run)"
+                } else {
+                    "removed"
+                };
+                print_stdout(&format!("node/{node} label {key} {done}\n"));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -20,6 +20,15 @@ Examples:
   # Preview: which nodes get what, and the helper pod that would run; changes nothing
   kubectl sideload app.tar --selector pool=gpu --dry-run -o yaml
 
+  # Load, then point a StatefulSet at the image and wait for its rollout
+  kubectl sideload app.tar --workload statefulset/airflow-worker -n airflow
+
+  # Show the patch as a diff, and the nodes it depends on; changes nothing
+  kubectl sideload app.tar --workload deploy/api --dry-run
+
+  # Keep the Deployment's pods on the nodes that were loaded
+  kubectl sideload app.tar --nodes node-a,node-b --workload deploy/api --constrain --yes
+
   # Show what is inside an archive
   kubectl sideload inspect app.tar -o json
 
@@ -39,7 +48,6 @@ Examples:
     bin_name = "kubectl sideload",
     version = crate::version::LONG,
     after_help = EXAMPLES,
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
 pub struct Cli {
@@ -61,6 +69,17 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell)
     Completion(CompletionArgs),
+    /// Completion candidates for `kubectl sideload <TAB>`, in cobra's format; run by
+    /// kubectl_complete-sideload as `__complete -- WORDS…`
+    #[command(name = "__complete", hide = true, disable_help_flag = true)]
+    Complete(CompleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompleteArgs {
+    /// The words typed after `kubectl sideload`; the last one is being completed
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub words: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -70,14 +89,10 @@ pub struct LoadArgs {
     #[arg(value_name = "ARCHIVE", required = true)]
     pub archive: Option<String>,
 
-    /// Nodes to load: `all`, or a comma-separated list of node names
-    #[arg(
-        long,
-        value_name = "all|NAME,…",
-        default_value = "all",
-        conflicts_with = "selector"
-    )]
-    pub nodes: String,
+    /// Nodes to load: `all`, or a comma-separated list of node names. Default: all (with
+    /// only DaemonSets as --workload: the nodes those DaemonSets run on)
+    #[arg(long, value_name = "all|NAME,…", conflicts_with = "selector")]
+    pub nodes: Option<String>,
 
     /// Load only the nodes matching this label selector (e.g. `pool=gpu`)
     #[arg(short = 'l', long, value_name = "SELECTOR")]
@@ -117,6 +132,58 @@ pub struct LoadArgs {
     /// Give up on a node whose helper pod is not running after this long
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
     pub helper_timeout: Duration,
+
+    /// Once every node verified the image, point this workload at it (strategic merge
+    /// patch of image and imagePullPolicy, as `kubectl set image` does) and wait for the
+    /// rollout. KIND/NAME in the -n namespace: deploy/NAME, sts/NAME, ds/NAME, cj/NAME.
+    /// Repeat for several
+    #[arg(long, value_name = "KIND/NAME", value_parser = crate::workload::Target::parse, help_heading = "Workloads")]
+    pub workload: Vec<crate::workload::Target>,
+
+    /// The container(s) to change (regular or init); repeat for several. Default: those
+    /// whose image has the repository of an image in the archive
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "workload",
+        help_heading = "Workloads"
+    )]
+    pub container: Vec<String>,
+
+    /// imagePullPolicy for the changed containers. Never fails fast where the image is
+    /// missing; IfNotPresent lets a node pull it if it can
+    #[arg(
+        long,
+        value_enum,
+        value_name = "POLICY",
+        default_value = "IfNotPresent",
+        ignore_case = true,
+        help_heading = "Workloads"
+    )]
+    pub pull_policy: PullPolicy,
+
+    /// Keep the workloads' pods on the loaded nodes: label those nodes
+    /// `sideload.dev/img-<12 hex of the digest>=present` and add a required node affinity on
+    /// that label to the pod template (`cleanup --labels` removes the labels)
+    #[arg(long, requires = "workload", help_heading = "Workloads")]
+    pub constrain: bool,
+
+    /// Patch the workloads even if some nodes failed to load; their pods are then always
+    /// constrained to the nodes that hold the image (as with --constrain)
+    #[arg(long, requires = "workload", help_heading = "Workloads")]
+    pub allow_partial: bool,
+
+    /// Do not ask before patching (no prompt is shown anyway when stdin is not a terminal)
+    #[arg(short = 'y', long, help_heading = "Workloads")]
+    pub yes: bool,
+
+    /// Wait for the patched workloads to roll out (--wait=false to return at once)
+    #[arg(long, value_name = "true|false", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, help_heading = "Workloads")]
+    pub wait: bool,
+
+    /// How long to wait for each rollout
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, help_heading = "Workloads")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +206,12 @@ pub struct CleanupArgs {
     /// Show what would be deleted without deleting it
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Also remove the sideload.dev/img-* node labels that --constrain set. Pods of
+    /// workloads still constrained on them can no longer be scheduled: re-sideload those
+    /// first, or remove the affinity
+    #[arg(long)]
+    pub labels: bool,
 }
 
 #[derive(Debug, Args)]
@@ -193,6 +266,28 @@ pub enum DryRun {
     Server,
 }
 
+/// `--pull-policy`: `Always` is not offered, since it would pull instead of using the
+/// sideloaded image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PullPolicy {
+    /// Use the node's image; pull only where it is missing
+    #[value(name = "IfNotPresent")]
+    IfNotPresent,
+    /// Use the node's image; never pull (pods fail with ErrImageNeverPull where it is missing)
+    #[value(name = "Never")]
+    Never,
+}
+
+impl PullPolicy {
+    /// The value Kubernetes expects in `imagePullPolicy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
@@ -241,6 +336,11 @@ pub enum NodeSelection {
 }
 
 impl LoadArgs {
+    /// Whether the user chose nodes (`--nodes` or `--selector`) rather than the default.
+    pub fn nodes_chosen(&self) -> bool {
+        self.nodes.is_some() || self.selector.is_some()
+    }
+
     /// Turns `--nodes`/`--selector` into one selection, rejecting empty names early.
     pub fn node_selection(&self) -> Result<NodeSelection, String> {
         if let Some(selector) = &self.selector {
@@ -249,25 +349,23 @@ impl LoadArgs {
             }
             return Ok(NodeSelection::Selector(selector.clone()));
         }
-        if self.nodes.trim() == "all" {
+        let Some(nodes) = &self.nodes else {
+            return Ok(NodeSelection::All);
+        };
+        if nodes.trim() == "all" {
             return Ok(NodeSelection::All);
         }
-        let names: Vec<String> = self
-            .nodes
-            .split(',')
-            .map(|n| n.trim().to_string())
-            .collect();
+        let names: Vec<String> = nodes.split(',').map(|n| n.trim().to_string()).collect();
         if names.iter().any(|n| n.is_empty()) {
             return Err(format!(
-                "--nodes {:?} has an empty name; pass `all` or names separated by commas",
-                self.nodes
+                "--nodes {nodes:?} has an empty name; pass `all` or names separated by commas"
             ));
         }
         let mut unique = names.clone();
         unique.sort();
         unique.dedup();
         if unique.len() != names.len() {
-            return Err(format!("--nodes {:?} names a node twice", self.nodes));
+            return Err(format!("--nodes {nodes:?} names a node twice"));
         }
         Ok(NodeSelection::Names(names))
     }
@@ -336,6 +434,57 @@ mod tests {
     }
 
     #[test]
+    fn workload_flags() {
+        let cli = parse(&[
+            "x.tar",
+            "--workload",
+            "deploy/api",
+            "--workload",
+            "sts/db",
+            "--pull-policy",
+            "never",
+            "--wait=false",
+            "--timeout",
+            "90s",
+        ]);
+        assert_eq!(cli.load.workload.len(), 2);
+        assert_eq!(cli.load.workload[1].to_string(), "statefulset/db");
+        assert_eq!(cli.load.pull_policy, PullPolicy::Never);
+        assert!(!cli.load.wait);
+        assert_eq!(cli.load.timeout, Duration::from_secs(90));
+        let defaults = parse(&["x.tar", "--workload", "ds/agent"]);
+        assert_eq!(defaults.load.pull_policy, PullPolicy::IfNotPresent);
+        assert!(defaults.load.wait);
+        assert!(!defaults.load.nodes_chosen());
+        assert!(parse(&["x.tar", "--wait"]).load.wait);
+
+        for args in [
+            &["x.tar", "--container", "api"][..],
+            &["x.tar", "--constrain"],
+            &["x.tar", "--allow-partial"],
+        ] {
+            let err = Cli::try_parse_from(
+                std::iter::once("kubectl-sideload").chain(args.iter().copied()),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("--workload"), "{args:?}: {err}");
+        }
+        let err =
+            Cli::try_parse_from(["kubectl-sideload", "x.tar", "--workload", "rs/api"]).unwrap_err();
+        assert!(err.to_string().contains("Deployment that owns it"), "{err}");
+        let err = Cli::try_parse_from([
+            "kubectl-sideload",
+            "x.tar",
+            "--workload",
+            "deploy/api",
+            "--pull-policy",
+            "Always",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("IfNotPresent"), "{err}");
+    }
+
+    #[test]
     fn dry_run_without_value_means_client() {
         assert_eq!(
             parse(&["x.tar", "--dry-run"]).load.dry_run,
@@ -345,6 +494,14 @@ mod tests {
             parse(&["x.tar", "--dry-run=server"]).load.dry_run,
             Some(DryRun::Server)
         );
+    }
+
+    /// Regression: with args_conflicts_with_subcommands, a connection flag before the
+    /// subcommand made `cleanup` read as an archive path.
+    #[test]
+    fn connection_flags_may_come_before_the_subcommand() {
+        let cli = parse(&["--kubeconfig", "/k", "cleanup"]);
+        assert!(matches!(cli.command, Some(Command::Cleanup(_))));
     }
 
     #[test]

@@ -5,12 +5,14 @@ mod app;
 mod archive;
 mod cli;
 mod cluster;
+mod complete;
 mod load;
 mod plan;
 mod progress;
 mod report;
 mod runtime;
 mod version;
+mod workload;
 
 use std::process::ExitCode;
 

@@ -5,6 +5,7 @@ use serde::Serialize;
 use crate::archive::Summary;
 use crate::load::{NodeResult, Status};
 use crate::plan::{Decision, Plan};
+use crate::workload::WorkloadResult;
 
 #[derive(Serialize)]
 struct ImageJson<'a> {
@@ -18,10 +19,13 @@ struct ImageJson<'a> {
 struct ReportJson<'a> {
     image: ImageJson<'a>,
     nodes: &'a [NodeResult],
+    /// One entry per `--workload` (empty without).
+    workloads: &'a [WorkloadResult],
 }
 
-/// `{"image":{"refs":[…],"digest":…,"size":N},"nodes":[{"name":…,"status":…,…}]}`
-pub fn json(summary: &Summary, results: &[NodeResult]) -> String {
+/// `{"image":{"refs":[…],"digest":…,"size":N},"nodes":[{"name":…,"status":…,…}],
+/// "workloads":[{"kind":…,"name":…,"patched":…,"rolled_out":…,…}]}`
+pub fn json(summary: &Summary, results: &[NodeResult], workloads: &[WorkloadResult]) -> String {
     serde_json::to_string_pretty(&ReportJson {
         image: ImageJson {
             refs: &summary.refs,
@@ -29,12 +33,54 @@ pub fn json(summary: &Summary, results: &[NodeResult]) -> String {
             size: summary.size,
         },
         nodes: results,
+        workloads,
     })
     .unwrap_or_default()
 }
 
-/// A fixed-width table, one row per node.
-pub fn table(summary: &Summary, results: &[NodeResult]) -> String {
+/// A fixed-width table, one row per node; then one row per workload, if any.
+pub fn table(summary: &Summary, results: &[NodeResult], workloads: &[WorkloadResult]) -> String {
+    let mut out = nodes_table(summary, results);
+    if workloads.is_empty() {
+        return out;
+    }
+    let mut rows = vec![[
+        "WORKLOAD".to_string(),
+        "NAMESPACE".into(),
+        "CONTAINERS".into(),
+        "IMAGE".into(),
+        "PULL POLICY".into(),
+        "PATCHED".into(),
+        "ROLLED OUT".into(),
+        "DETAIL".into(),
+    ]];
+    for w in workloads {
+        rows.push([
+            format!("{}/{}", w.kind.to_lowercase(), w.name),
+            w.namespace.clone(),
+            w.containers.join(","),
+            w.image.clone(),
+            w.pull_policy.to_string(),
+            if w.patched { "yes" } else { "no" }.into(),
+            match w.rolled_out {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            }
+            .into(),
+            w.error
+                .clone()
+                .or_else(|| w.detail.clone())
+                .or_else(|| w.constrained.then(|| "pods kept on loaded nodes".into()))
+                .unwrap_or_default(),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&columns(&rows));
+    out
+}
+
+fn nodes_table(summary: &Summary, results: &[NodeResult]) -> String {
     let mut rows = vec![[
         "NODE".to_string(),
         "STATUS".into(),
@@ -154,6 +200,30 @@ mod tests {
         assert_eq!(human_bytes(0), "0 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(1 << 30), "1.0 GiB");
+    }
+
+    #[test]
+    fn workloads_get_their_own_section() {
+        let w = WorkloadResult {
+            kind: "Deployment",
+            name: "api".into(),
+            namespace: "prod".into(),
+            containers: vec!["api".into(), "migrate".into()],
+            image: "docker.io/library/app:v2".into(),
+            pull_policy: "IfNotPresent",
+            constrained: false,
+            patched: true,
+            rolled_out: Some(true),
+            error: None,
+            detail: None,
+        };
+        let value = serde_json::to_value(&w).unwrap();
+        assert_eq!(value["kind"], "Deployment");
+        assert_eq!(value["rolled_out"], true);
+        assert!(value["error"].is_null());
+        let mut rows = vec![["WORKLOAD".to_string(), "X".into()]];
+        rows.push([format!("{}/{}", w.kind.to_lowercase(), w.name), "y".into()]);
+        assert!(columns(&rows).contains("deployment/api"));
     }
 
     #[test]
