@@ -1,0 +1,926 @@
+//! End-to-end tests of `--workload`: the real plugin binary against the real test cluster
+//! (`tests/cluster/up`). Each test makes its own images and its own namespace (which also
+//! holds its helper pods, so "no helper pod was created" can be checked), and deletes it.
+//! Run with `cargo test --features e2e --test e2e_workload`.
+
+mod util;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use util::*;
+
+async fn admin_client() -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(admin_kubeconfig())
+        .expect("run tests/cluster/up first");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+/// A namespace for one test (workloads and helper pods), deleted when dropped, also when
+/// the test fails.
+struct TestNamespace {
+    name: String,
+}
+
+impl TestNamespace {
+    async fn new(client: &kube::Client, prefix: &str) -> TestNamespace {
+        let name = unique(prefix);
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+        }))
+        .unwrap();
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+        TestNamespace { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop cannot await; a thread with its own runtime can.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let namespaces: Api<Namespace> = Api::all(admin_client().await);
+                let _ = namespaces.delete(&name, &DeleteParams::default()).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Images `REPO:v1` and `REPO:v2` (1 MiB layer each) for one test.
+struct Images {
+    _dir: tempfile::TempDir,
+    repo: String,
+    v1: String,
+    v2: String,
+}
+
+impl Images {
+    fn new(name: &str) -> Images {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = format!("sideload.test/{}", unique(name));
+        let v1 = dir.path().join("v1.tar").to_string_lossy().into_owned();
+        let v2 = dir.path().join("v2.tar").to_string_lossy().into_owned();
+        let args = ["--layers", "1", "--layer-mib", "1"];
+        make_image(&format!("{repo}:v1"), v1.as_ref(), &args);
+        make_image(&format!("{repo}:v2"), v2.as_ref(), &args);
+        Images {
+            _dir: dir,
+            repo,
+            v1,
+            v2,
+        }
+    }
+
+    fn tag(&self, tag: &str) -> String {
+        format!("{}:{tag}", self.repo)
+    }
+}
+
+fn json_out(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(out)))
+}
+
+/// Sideloads `tar` into `nodes` (helpers in `ns`) and insists that it worked.
+fn load(tar: &str, nodes: &str, ns: &str) {
+    let out = sideload(&[
+        tar,
+        "--nodes",
+        nodes,
+        "--helper-namespace",
+        ns,
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "loading {tar}: {}", stderr(&out));
+}
+
+async fn create<K>(client: &kube::Client, ns: &str, object: Value)
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let object: K = serde_json::from_value(object).unwrap();
+    api.create(&PostParams::default(), &object).await.unwrap();
+}
+
+/// A pod template running `image` with `imagePullPolicy: Never`, labelled `app: NAME`.
+fn template(name: &str, image: &str, extra_spec: Value) -> Value {
+    let mut spec = json!({
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "app", "image": image, "imagePullPolicy": "Never"}],
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra_spec.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    json!({"metadata": {"labels": {"app": name}}, "spec": spec})
+}
+
+fn deployment(name: &str, replicas: i32, image: &str, extra_spec: Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": template(name, image, extra_spec),
+        }
+    })
+}
+
+/// Pods of `app=NAME` that run and are not being deleted.
+async fn live_pods(client: &kube::Client, ns: &str, name: &str) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.list(&ListParams::default().labels(&format!("app={name}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .collect()
+}
+
+/// Waits until exactly `count` live pods of `app=NAME` all run `image` (every container,
+/// ready), and returns them.
+async fn pods_running(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    count: usize,
+    image: &str,
+) -> Vec<Pod> {
+    let start = Instant::now();
+    loop {
+        let pods = live_pods(client, ns, name).await;
+        let all_on_image = pods.iter().all(|p| {
+            let status = p.status.clone().unwrap_or_default();
+            let statuses: Vec<_> = status
+                .container_statuses
+                .into_iter()
+                .flatten()
+                .chain(status.init_container_statuses.into_iter().flatten())
+                .collect();
+            !statuses.is_empty()
+                && statuses
+                    .iter()
+                    .all(|cs| cs.image == image && (cs.ready || cs.started == Some(true)))
+        });
+        if pods.len() == count && all_on_image {
+            return pods;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let seen: Vec<String> = pods
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {:?}",
+                        p.metadata.name.clone().unwrap_or_default(),
+                        p.status.as_ref().map(|s| &s.container_statuses)
+                    )
+                })
+                .collect();
+            panic!("{count} pods of {name} never all ran {image}: {seen:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn node_of(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default()
+}
+
+fn containers_of(pod: &Pod) -> Vec<k8s_openapi::api::core::v1::Container> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    spec.init_containers
+        .into_iter()
+        .flatten()
+        .chain(spec.containers)
+        .collect()
+}
+
+/// Waits for a Deployment to be rolled out, as the test's own precondition.
+async fn deployment_ready(client: &kube::Client, ns: &str, name: &str, replicas: usize) {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let deploy = api.get(name).await.unwrap();
+    let image = deploy.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap();
+    pods_running(client, ns, name, replicas, &image).await;
+}
+
+fn workload_report(report: &Value) -> &Value {
+    let workloads = report["workloads"].as_array().expect("workloads array");
+    assert_eq!(workloads.len(), 1, "{report}");
+    &workloads[0]
+}
+
+async fn label_of(client: &kube::Client, node: &str, key: &str) -> Option<String> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .get(node)
+        .await
+        .unwrap()
+        .metadata
+        .labels
+        .unwrap_or_default()
+        .get(key)
+        .cloned()
+}
+
+async fn remove_label(client: &kube::Client, node: &str, key: &str) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let _ = nodes
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {key: null}}})),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_moves_to_the_sideloaded_v2_init_containers_too() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let ns = TestNamespace::new(&client, "wl-deploy").await;
+    let images = Images::new("wl-deploy");
+    load(&images.v1, "all", &ns.name);
+    // A native sidecar (an init container that keeps running) of the same image: it must
+    // move along with the main container.
+    let sidecar = json!({"initContainers": [{
+        "name": "sidecar", "image": images.tag("v1"), "imagePullPolicy": "Never",
+        "restartPolicy": "Always",
+    }]});
+    create::<Deployment>(
+        &client,
+        &ns.name,
+        deployment("web", 3, &images.tag("v1"), sidecar),
+    )
+    .await;
+    deployment_ready(&client, &ns.name, "web", 3).await;
+
+    let out = sideload(&[
+        &images.v2,
+        "--workload",
+        "deploy/web",
+        "-n",
+        &ns.name,
+        "--helper-namespace",
+        &ns.name,
+        "--yes",
+        "--timeout",
+        "120s",
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_out(&out);
+    let w = workload_report(&report);
+    assert_eq!(w["kind"], "Deployment");
+    assert_eq!(w["patched"], true, "{w}");
+    assert_eq!(w["rolled_out"], true, "{w}");
+    assert_eq!(w["image"], images.tag("v2").as_str());
+    assert_eq!(w["pull_policy"], "IfNotPresent");
+    assert_eq!(w["containers"], json!(["sidecar", "app"]));
+    assert!(w["error"].is_null());
+    assert!(stderr(&out).contains("rolled out"), "{}", stderr(&out));
+
+    let pods = pods_running(&client, &ns.name, "web", 3, &images.tag("v2")).await;
+    for pod in &pods {
+        for c in containers_of(pod) {
+            assert_eq!(c.image.as_deref(), Some(images.tag("v2").as_str()));
+            assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statefulset_moves_to_v2_with_pull_policy_never() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let ns = TestNamespace::new(&client, "wl-sts").await;
+    let images = Images::new("wl-sts");
+    load(&images.v1, "node-a,node-b", &ns.name);
+    create::<StatefulSet>(
+        &client,
+        &ns.name,
+        json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "db"},
+            "spec": {
+                "replicas": 2,
+                "serviceName": "db",
+                "podManagementPolicy": "Parallel",
+                "selector": {"matchLabels": {"app": "db"}},
+                "template": template("db", &images.tag("v1"), json!({})),
+            }
+        }),
+    )
+    .await;
+    pods_running(&client, &ns.name, "db", 2, &images.tag("v1")).await;
+
+    let out = sideload(&[
+        &images.v2,
+        "--nodes",
+        "node-a,node-b",
+        "--workload",
+        "sts/db",
+        "--pull-policy",
+        "Never",
+        "-n",
+        &ns.name,
+        "--helper-namespace",
+        &ns.name,
+        "--yes",
+        "--timeout",
+        "120s",
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let w = workload_report(&json_out(&out)).clone();
+    assert_eq!(w["kind"], "StatefulSet");
+    assert_eq!(w["patched"], true, "{w}");
+    assert_eq!(w["rolled_out"], true, "{w}");
+    assert_eq!(w["pull_policy"], "Never");
+
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+    let status = sts.get("db").await.unwrap().status.unwrap();
+    assert_eq!(status.current_revision, status.update_revision);
+    for pod in pods_running(&client, &ns.name, "db", 2, &images.tag("v2")).await {
+        let c = &pod.spec.unwrap().containers[0];
+        assert_eq!(c.image.as_deref(), Some(images.tag("v2").as_str()));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemonset_loads_the_nodes_it_runs_on_and_moves_to_v2() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let ns = TestNamespace::new(&client, "wl-ds").await;
+    let images = Images::new("wl-ds");
+    // No toleration: node-c's taint keeps the DaemonSet on node-a and node-b.
+    load(&images.v1, "node-a,node-b", &ns.name);
+    create::<DaemonSet>(
+        &client,
+        &ns.name,
+        json!({
+            "apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "agent"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "agent"}},
+                "template": template("agent", &images.tag("v1"), json!({})),
+            }
+        }),
+    )
+    .await;
+    pods_running(&client, &ns.name, "agent", 2, &images.tag("v1")).await;
+
+    // No --nodes: a DaemonSet-only run loads the nodes the DaemonSet runs on.
+    let out = sideload(&[
+        &images.v2,
+        "--workload",
+        "ds/agent",
+        "-n",
+        &ns.name,
+        "--helper-namespace",
+        &ns.name,
+        "--yes",
+        "--timeout",
+        "120s",
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_out(&out);
+    let loaded: BTreeSet<&str> = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(loaded, BTreeSet::from(["node-a", "node-b"]), "{report}");
+    assert!(!node_images("node-c").contains(&images.tag("v2")));
+    let w = workload_report(&report);
+    assert_eq!(w["kind"], "DaemonSet");
+    assert_eq!(w["rolled_out"], true, "{w}");
+
+    let pods = pods_running(&client, &ns.name, "agent", 2, &images.tag("v2")).await;
+    let nodes: BTreeSet<String> = pods.iter().map(node_of).collect();
+    assert_eq!(nodes, BTreeSet::from(["node-a".into(), "node-b".into()]));
+    for pod in pods {
+        assert_eq!(
+            pod.spec.unwrap().containers[0].image_pull_policy.as_deref(),
+            Some("IfNotPresent")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_tag_again_restarts_the_pods_onto_the_new_bytes() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let ns = TestNamespace::new(&client, "wl-same").await;
+    let images = Images::new("wl-same");
+    load(&images.v1, "node-a,node-b", &ns.name);
+    create::<Deployment>(
+        &client,
+        &ns.name,
+        deployment(
+            "web",
+            2,
+            &images.tag("v1"),
+            json!({"nodeSelector": {"pool": "blue"}}),
+        ),
+    )
+    .await;
+    let before = pods_running(&client, &ns.name, "web", 2, &images.tag("v1")).await;
+    let uids = |pods: &[Pod]| -> BTreeSet<String> {
+        pods.iter().filter_map(|p| p.metadata.uid.clone()).collect()
+    };
+    let image_ids = |pods: &[Pod]| -> BTreeSet<String> {
+        pods.iter()
+            .flat_map(|p| p.status.clone().unwrap_or_default().container_statuses)
+            .flatten()
+            .map(|cs| cs.image_id)
+            .collect()
+    };
+
+    // The same ref, new bytes (make-image writes new random layers every time).
+    let rebuilt = images._dir.path().join("v1-again.tar");
+    make_image(
+        &images.tag("v1"),
+        &rebuilt,
+        &["--layers", "1", "--layer-mib", "1"],
+    );
+    let out = sideload(&[
+        rebuilt.to_str().unwrap(),
+        "--nodes",
+        "node-a,node-b",
+        "--workload",
+        "deployment/web",
+        "-n",
+        &ns.name,
+        "--helper-namespace",
+        &ns.name,
+        "--yes",
+        "--timeout",
+        "120s",
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let w = workload_report(&json_out(&out)).clone();
+    assert_eq!(w["patched"], true, "{w}");
+    assert_eq!(w["rolled_out"], true, "{w}");
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let annotations = deployments
+        .get("web")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .annotations
+        .unwrap_or_default();
+    assert!(
+        annotations.contains_key("kubectl.kubernetes.io/restartedAt"),
+        "{annotations:?}"
+    );
+    let after = pods_running(&client, &ns.name, "web", 2, &images.tag("v1")).await;
+    assert!(
+        uids(&before).is_disjoint(&uids(&after)),
+        "pods were not restarted"
+    );
+    assert!(
+        image_ids(&before).is_disjoint(&image_ids(&after)),
+        "pods still run the old bytes: {:?} / {:?}",
+        image_ids(&before),
+        image_ids(&after)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_node_means_no_patch_unless_allow_partial_which_constrains() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let ns = TestNamespace::new(&client, "wl-partial").await;
+    let images = Images::new("wl-partial");
+    load(&images.v1, "node-a,node-b", &ns.name);
+    // A helper image that only node-a holds: node-b's helper cannot start (ErrImageNeverPull),
+    // a real load failure after the run began.
+    let helper = Images::new("wl-helper");
+    load(&helper.v1, "node-a", &ns.name);
+    create::<Deployment>(
+        &client,
+        &ns.name,
+        deployment(
+            "web",
+            2,
+            &images.tag("v1"),
+            json!({"nodeSelector": {"pool": "blue"}}),
+        ),
+    )
+    .await;
+    deployment_ready(&client, &ns.name, "web", 2).await;
+    let helper_image = helper.tag("v1");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            images.v2.as_str(),
+            "--nodes",
+            "node-a,node-b",
+            "--helper-image",
+            &helper_image,
+            "--workload",
+            "deploy/web",
+            "-n",
+            &ns.name,
+            "--helper-namespace",
+            &ns.name,
+            "--yes",
+            "--timeout",
+            "120s",
+            "-o",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        sideload(&args)
+    };
+
+    let out = run(&[]);
+    assert!(!out.status.success());
+    let report = json_out(&out);
+    let status: Vec<(&str, &str)> = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap(), n["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(status, [("node-a", "loaded"), ("node-b", "failed")]);
+    let w = workload_report(&report);
+    assert_eq!(w["patched"], false, "{w}");
+    assert!(w["rolled_out"].is_null());
+    assert!(
+        w["error"].as_str().unwrap().contains("--allow-partial"),
+        "{w}"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let spec = deployments.get("web").await.unwrap().spec.unwrap();
+    let c = &spec.template.spec.as_ref().unwrap().containers[0];
+    assert_eq!(c.image.as_deref(), Some(images.tag("v1").as_str()));
+    assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
+
+    let out = run(&["--allow-partial"]);
+    let report = json_out(&out);
+    assert!(
+        !out.status.success(),
+        "a failed node still fails the run: {report}"
+    );
+    let w = workload_report(&report).clone();
+    assert_eq!(w["patched"], true, "{w}");
+    assert_eq!(w["constrained"], true, "{w}");
+    assert_eq!(w["rolled_out"], true, "{w}");
+    let key = format!(
+        "sideload.dev/img-{}",
+        &report["image"]["digest"].as_str().unwrap()["sha256:".len()..][..12]
+    );
+    let pods = pods_running(&client, &ns.name, "web", 2, &images.tag("v2")).await;
+    assert!(
+        pods.iter().all(|p| node_of(p) == "node-a"),
+        "pods outside the loaded node"
+    );
+    assert_eq!(
+        label_of(&client, "node-a", &key).await.as_deref(),
+        Some("present")
+    );
+    assert_eq!(label_of(&client, "node-b", &key).await, None);
+    remove_label(&client, "node-a", &key).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loading_some_nodes_warns_and_constrain_keeps_pods_on_them() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let ns = TestNamespace::new(&client, "wl-place").await;
+    let images = Images::new("wl-place");
+    load(&images.v1, "all", &ns.name);
+    create::<Deployment>(
+        &client,
+        &ns.name,
+        deployment("web", 2, &images.tag("v1"), json!({})),
+    )
+    .await;
+    deployment_ready(&client, &ns.name, "web", 2).await;
+    let common = [
+        "-n",
+        &ns.name,
+        "--helper-namespace",
+        &ns.name,
+        "--workload",
+        "deploy/web",
+        "--nodes",
+        "node-a",
+    ];
+
+    // Dry run: the diff, the nodes it depends on, the warning; nothing changes.
+    let mut args = vec![images.v2.as_str(), "--dry-run"];
+    args.extend_from_slice(&common);
+    let dry = sideload(&args);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    let text = stdout(&dry);
+    assert!(
+        text.contains(&format!(
+            "-  image: {}\n+  image: {}",
+            images.tag("v1"),
+            images.tag("v2")
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("-  imagePullPolicy: Never\n+  imagePullPolicy: IfNotPresent"),
+        "{text}"
+    );
+    assert!(text.contains("depends on the image on: node-a"), "{text}");
+    assert!(
+        stderr(&dry).contains(
+            "warning: pods of deployment/web can also be scheduled on node-b, which will not hold the image"
+        ),
+        "{}",
+        stderr(&dry)
+    );
+    assert!(stderr(&dry).contains("--constrain"), "{}", stderr(&dry));
+    assert!(!node_images("node-a").contains(&images.tag("v2")));
+
+    // --constrain, as the user the documented ClusterRole is bound to.
+    let mut cmd = plugin();
+    cmd.arg("--kubeconfig")
+        .arg(limited_kubeconfig())
+        .args([images.v2.as_str(), "--constrain", "--yes", "-o", "json"])
+        .args(common);
+    let out = run(cmd);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("warning: pods of"),
+        "{}",
+        stderr(&out)
+    );
+    let report = json_out(&out);
+    let w = workload_report(&report);
+    assert_eq!(w["constrained"], true, "{w}");
+    assert_eq!(w["rolled_out"], true, "{w}");
+    let key = format!(
+        "sideload.dev/img-{}",
+        &report["image"]["digest"].as_str().unwrap()["sha256:".len()..][..12]
+    );
+    let pods = pods_running(&client, &ns.name, "web", 2, &images.tag("v2")).await;
+    assert!(
+        pods.iter().all(|p| node_of(p) == "node-a"),
+        "pods outside the loaded node"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let terms = serde_json::to_value(
+        deployments
+            .get("web")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .affinity,
+    )
+    .unwrap();
+    assert_eq!(
+        terms["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"],
+        json!([{"matchExpressions": [{"key": key, "operator": "Exists"}]}])
+    );
+    assert_eq!(
+        label_of(&client, "node-a", &key).await.as_deref(),
+        Some("present")
+    );
+
+    // cleanup --labels finds it (dry run: other tests may rely on their own labels).
+    let listed = sideload(&[
+        "cleanup",
+        "--labels",
+        "--dry-run",
+        "--helper-namespace",
+        &ns.name,
+    ]);
+    assert!(listed.status.success());
+    assert!(
+        stdout(&listed).contains(&format!("node/node-a label {key} would be removed")),
+        "{}",
+        stdout(&listed)
+    );
+    remove_label(&client, "node-a", &key).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_on_a_node_without_the_image_stop_the_wait_early() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let ns = TestNamespace::new(&client, "wl-early").await;
+    let images = Images::new("wl-early");
+    load(&images.v1, "node-a,node-b", &ns.name);
+    // One pod per blue node, replaced all at once: a new pod lands on node-b for sure.
+    let spread = json!({
+        "nodeSelector": {"pool": "blue"},
+        "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+            "labelSelector": {"matchLabels": {"app": "web"}},
+            "topologyKey": "kubernetes.io/hostname",
+        }]}},
+    });
+    let mut object = deployment("web", 2, &images.tag("v1"), spread);
+    object["spec"]["strategy"] = json!({"type": "Recreate"});
+    create::<Deployment>(&client, &ns.name, object).await;
+    deployment_ready(&client, &ns.name, "web", 2).await;
+
+    let started = Instant::now();
+    let out = sideload(&[
+        &images.v2,
+        "--nodes",
+        "node-a",
+        "--workload",
+        "deploy/web",
+        "--pull-policy",
+        "Never",
+        "-n",
+        &ns.name,
+        "--helper-namespace",
+        &ns.name,
+        "--yes",
+        "--timeout",
+        "300s",
+        "-o",
+        "json",
+    ]);
+    let took = started.elapsed();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("warning: pods of deployment/web can also be scheduled on node-b"),
+        "{}",
+        stderr(&out)
+    );
+    let w = workload_report(&json_out(&out)).clone();
+    assert_eq!(w["patched"], true, "{w}");
+    assert_eq!(w["rolled_out"], false, "{w}");
+    let error = w["error"].as_str().unwrap();
+    assert!(
+        error.contains("on node node-b: ErrImageNeverPull"),
+        "{error}"
+    );
+    assert!(error.contains("node node-b was not loaded"), "{error}");
+    assert!(
+        took < Duration::from_secs(120),
+        "the wait did not stop early ({took:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_workload_or_container_fails_before_anything_changes() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let ns = TestNamespace::new(&client, "wl-missing").await;
+    let images = Images::new("wl-missing");
+    create::<Deployment>(
+        &client,
+        &ns.name,
+        deployment("other", 0, "sideload.test/something-else:v1", json!({})),
+    )
+    .await;
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--workload", "deploy/nope"],
+            "deployment \"nope\" not found in namespace",
+        ),
+        (
+            &["--workload", "deploy/other"],
+            "has no container running sideload.test/",
+        ),
+        (
+            &["--workload", "deploy/other", "--container", "nope"],
+            "has no container \"nope\"; its containers: app (sideload.test/something-else:v1)",
+        ),
+    ];
+    for (extra, want) in cases {
+        let mut args = vec![
+            images.v2.as_str(),
+            "-n",
+            &ns.name,
+            "--helper-namespace",
+            &ns.name,
+            "--yes",
+        ];
+        args.extend_from_slice(extra);
+        let out = sideload(&args);
+        assert!(!out.status.success(), "{extra:?}");
+        assert!(stderr(&out).contains(want), "{extra:?}: {}", stderr(&out));
+        assert!(stdout(&out).is_empty(), "{extra:?}: {}", stdout(&out));
+    }
+    // Nothing was loaded anywhere, so no helper pod ever ran.
+    for node in NODES {
+        assert!(!node_images(node).contains(&images.tag("v2")), "{node}");
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        pods.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cronjobs_job_template_is_patched() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let ns = TestNamespace::new(&client, "wl-cron").await;
+    let images = Images::new("wl-cron");
+    create::<CronJob>(
+        &client,
+        &ns.name,
+        json!({
+            "apiVersion": "batch/v1", "kind": "CronJob",
+            "metadata": {"name": "report"},
+            "spec": {
+                "schedule": "0 0 1 1 *",
+                "suspend": true,
+                "jobTemplate": {"spec": {"template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "nodeSelector": {"kubernetes.io/hostname": "node-a"},
+                        "containers": [{"name": "report", "image": images.tag("v1")}],
+                    }
+                }}}
+            }
+        }),
+    )
+    .await;
+    let out = sideload(&[
+        &images.v2,
+        "--nodes",
+        "node-a",
+        "--workload",
+        "cj/report",
+        "-n",
+        &ns.name,
+        "--helper-namespace",
+        &ns.name,
+        "--yes",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(table.contains("cronjob/report"), "{table}");
+    assert!(table.contains("next Job"), "{table}");
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), &ns.name);
+    let container = cronjobs
+        .get("report")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .job_template
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .clone();
+    assert_eq!(container.image.as_deref(), Some(images.tag("v2").as_str()));
+    assert_eq!(container.image_pull_policy.as_deref(), Some("IfNotPresent"));
+}
