@@ -204,26 +204,56 @@ mod tests {
 
     #[test]
     fn workloads_get_their_own_section() {
+        let summary = Summary {
+            format: crate::archive::Format::OciLayout,
+            compressed: false,
+            refs: vec!["docker.io/library/app:v2".into()],
+            tags: vec![],
+            digest: "sha256:abc".into(),
+            images: vec![],
+            size: 1,
+        };
+        let node = NodeResult {
+            name: "node-a".into(),
+            status: Status::Loaded,
+            bytes_sent: 1,
+            seconds: 1.0,
+            error: None,
+        };
         let w = WorkloadResult {
-            kind: "Deployment",
-            name: "api".into(),
+            kind: "StatefulSet",
+            name: "db".into(),
             namespace: "prod".into(),
-            containers: vec!["api".into(), "migrate".into()],
+            containers: vec!["db".into(), "migrate".into()],
             image: "docker.io/library/app:v2".into(),
             pull_policy: "IfNotPresent",
-            constrained: false,
+            constrained: true,
             patched: true,
             rolled_out: Some(true),
             error: None,
             detail: None,
         };
-        let value = serde_json::to_value(&w).unwrap();
-        assert_eq!(value["kind"], "Deployment");
-        assert_eq!(value["rolled_out"], true);
-        assert!(value["error"].is_null());
-        let mut rows = vec![["WORKLOAD".to_string(), "X".into()]];
-        rows.push([format!("{}/{}", w.kind.to_lowercase(), w.name), "y".into()]);
-        assert!(columns(&rows).contains("deployment/api"));
+        let text = table(
+            &summary,
+            std::slice::from_ref(&node),
+            std::slice::from_ref(&w),
+        );
+        assert!(text.contains("WORKLOAD"), "{text}");
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("statefulset/db"))
+            .unwrap();
+        assert!(row.contains("db,migrate"), "{row}");
+        assert!(row.contains("pods kept on loaded nodes"), "{row}");
+        assert!(!table(&summary, std::slice::from_ref(&node), &[]).contains("WORKLOAD"));
+
+        let value: serde_json::Value =
+            serde_json::from_str(&json(&summary, &[node], &[w])).unwrap();
+        let w = &value["workloads"][0];
+        assert_eq!(w["kind"], "StatefulSet");
+        assert_eq!(w["rolled_out"], true);
+        assert!(w["error"].is_null());
+        assert!(w.get("detail").is_none());
     }
 
     #[test]
