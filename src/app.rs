@@ -166,7 +166,9 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
             })
             .map(|(_, r)| r.name.clone())
             .collect();
-        let say = |line: &str| progress.println(line);
+        // Plain lines: the load bars are finished, and redrawing them (MultiProgress::println)
+        // around the prompt would garble it.
+        let say = |line: &str| eprintln!("{line}");
         workload_results = tokio::select! {
             results = stage.apply(&cluster.client, &covered, failed, &say) => results,
             signal = signals.recv() => {

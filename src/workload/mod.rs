@@ -128,6 +128,36 @@ async fn fetch(
     })
 }
 
+/// Reads the workload again just before patching: loading may have taken minutes, and a
+/// strategic merge patch naming a container that is gone would add it back. Takes the
+/// fresh pod spec (for the affinity), and fails if a chosen container changed.
+async fn recheck(client: &kube::Client, w: &mut Workload) -> Result<()> {
+    let (template, _) = fetch(client, &w.namespace, &w.target).await?;
+    let spec = template.spec.unwrap_or_default();
+    for chosen in &w.patch.containers {
+        let list = if chosen.init {
+            spec.init_containers.as_deref().unwrap_or_default()
+        } else {
+            &spec.containers
+        };
+        let now = list.iter().find(|c| c.name == chosen.name);
+        let image = now.and_then(|c| c.image.as_deref());
+        if image != Some(chosen.current_image.as_str()) {
+            bail!(
+                "{} changed while the image was loading (container {} {}); run again",
+                w.target,
+                chosen.name,
+                match image {
+                    Some(image) => format!("now runs {image}"),
+                    None => "is gone".into(),
+                }
+            );
+        }
+    }
+    w.spec = spec;
+    Ok(())
+}
+
 /// Every node of the cluster, for placement (labels, taints, cordons).
 pub async fn list_nodes(client: &kube::Client) -> Result<Vec<Node>> {
     let api: Api<Node> = Api::all(client.clone());
@@ -366,11 +396,24 @@ impl Stage {
             }
             return results;
         }
-        // Which workloads may go ahead: some loaded node must be able to run their pods.
+        // Which workloads may go ahead: unchanged since they were read, and some node
+        // holding the image must be able to run their pods.
         let mut go = vec![true; self.workloads.len()];
+        for (i, w) in self.workloads.iter_mut().enumerate() {
+            if let Err(err) = recheck(client, w).await {
+                go[i] = false;
+                results[i].error = Some(format!("not patched: {err:#}"));
+            }
+        }
         for (i, w) in self.workloads.iter().enumerate() {
+            if !go[i] {
+                continue;
+            }
             let p = self.placement(w, covered);
-            if p.loaded.is_empty() && !p.not_loaded.is_empty() {
+            if covered.is_empty() {
+                go[i] = false;
+                results[i].error = Some("not patched: no node holds the image".into());
+            } else if p.loaded.is_empty() && !p.not_loaded.is_empty() {
                 go[i] = false;
                 results[i].error = Some(format!(
                     "not patched: no node holding the image can run its pods (they can run \
