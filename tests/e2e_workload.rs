@@ -322,7 +322,7 @@ async fn a_deployment_moves_to_the_sideloaded_v2_init_containers_too() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_statefulset_moves_to_v2_with_pull_policy_never() {
+async fn a_statefulset_and_a_deployment_move_to_v2_in_one_run_with_pull_policy_never() {
     let _logs = LogsOnFailure;
     let client = admin_client().await;
     let ns = TestNamespace::new(&client, "wl-sts").await;
@@ -345,6 +345,18 @@ async fn a_statefulset_moves_to_v2_with_pull_policy_never() {
     )
     .await;
     pods_running(&client, &ns.name, "db", 2, &images.tag("v1")).await;
+    create::<Deployment>(
+        &client,
+        &ns.name,
+        deployment(
+            "web",
+            1,
+            &images.tag("v1"),
+            json!({"nodeSelector": {"pool": "blue"}}),
+        ),
+    )
+    .await;
+    deployment_ready(&client, &ns.name, "web", 1).await;
 
     let out = sideload(&[
         &images.v2,
@@ -352,6 +364,8 @@ async fn a_statefulset_moves_to_v2_with_pull_policy_never() {
         "node-a,node-b",
         "--workload",
         "sts/db",
+        "--workload",
+        "deployments.apps/web",
         "--pull-policy",
         "Never",
         "-n",
@@ -365,11 +379,22 @@ async fn a_statefulset_moves_to_v2_with_pull_policy_never() {
         "json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let w = workload_report(&json_out(&out)).clone();
-    assert_eq!(w["kind"], "StatefulSet");
-    assert_eq!(w["patched"], true, "{w}");
-    assert_eq!(w["rolled_out"], true, "{w}");
-    assert_eq!(w["pull_policy"], "Never");
+    let report = json_out(&out);
+    let workloads = report["workloads"].as_array().unwrap();
+    let kinds: Vec<&str> = workloads
+        .iter()
+        .map(|w| w["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["StatefulSet", "Deployment"]);
+    for w in workloads {
+        assert_eq!(w["patched"], true, "{w}");
+        assert_eq!(w["rolled_out"], true, "{w}");
+        assert_eq!(w["pull_policy"], "Never");
+    }
+    for pod in pods_running(&client, &ns.name, "web", 1, &images.tag("v2")).await {
+        let c = &pod.spec.unwrap().containers[0];
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
+    }
 
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
     let status = sts.get("db").await.unwrap().status.unwrap();
