@@ -142,14 +142,17 @@ async fn with_helper(
     };
     bar.set_message("starting helper pod");
     let name = helper::create(pods, pod, false).await?;
+    tracing::debug!(node = %plan.node.name, pod = %name, "helper pod created");
     run.live.add(&name);
     let outcome = async {
         helper::wait_running(pods, &name, run.helper_timeout).await?;
+        tracing::debug!(node = %plan.node.name, "helper pod running");
         import(run, pods, &name, plan, bar).await
     }
     .await;
     bar.set_message("removing helper pod");
     let removed = helper::delete(pods, &name, Duration::from_secs(30)).await;
+    tracing::debug!(node = %plan.node.name, "helper pod deleted");
     run.live.remove(&name);
     let outcome = outcome?;
     removed.with_context(|| {
@@ -188,6 +191,7 @@ async fn import(
         .await?
         .check("finding containerd and ctr on the node")?;
     let located = containerd::parse_probe(&out.stdout).map_err(anyhow::Error::msg)?;
+    tracing::debug!(node = %plan.node.name, ?located, "found containerd");
 
     let list = || async {
         let out = exec::run(pods, pod, helper::on_host(containerd::list_argv(&located)))
@@ -199,6 +203,7 @@ async fn import(
         return Ok(Outcome::AlreadyThere);
     }
 
+    tracing::debug!(node = %plan.node.name, "checked what the node has");
     bar.set_message("sending");
     bar.set_length(*bytes);
     let argv = containerd::import_argv(&located, *bytes, &platform.to_string());
@@ -218,6 +223,7 @@ async fn import(
             .map_err(|e| io::Error::other(e.to_string()))
     })
     .await?;
+    tracing::debug!(node = %plan.node.name, "stream sent and import finished");
     bar.set_message("importing");
     let out = out.check("ctr images import")?;
     let sent = match written {
@@ -234,6 +240,7 @@ async fn import(
             missing.join("; ")
         );
     }
+    tracing::debug!(node = %plan.node.name, "verified");
     Ok(Outcome::Loaded(sent))
 }
 
