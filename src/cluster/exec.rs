@@ -150,8 +150,7 @@ where
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUED_FRAMES);
     let writer = tokio::task::spawn_blocking(move || {
         let mut frames = FrameWriter::new(tx);
-        let written = feed(&mut frames).and_then(|n| frames.flush().map(|_| n));
-        written
+        feed(&mut frames).and_then(|n| frames.flush().map(|_| n))
     });
 
     let mut reader = reader;
