@@ -12,15 +12,6 @@ use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::{Value, json};
 use util::*;
 
-async fn admin_client() -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(admin_kubeconfig())
-        .expect("run tests/cluster/up first");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(config).unwrap()
-}
-
 /// A fresh namespace for one test's helper pods, so that tests running side by side
 /// never see each other's helpers. Unlabelled namespaces admit privileged pods.
 async fn helper_namespace(client: &kube::Client) -> String {
@@ -95,11 +86,6 @@ async fn run_pod_on(client: &kube::Client, namespace: &str, node: &str, image: &
         .delete(&name, &DeleteParams::default().grace_period(0))
         .await;
     panic!("pod with {image} on {node} never ran: {phase_detail}");
-}
-
-fn json_out(out: &std::process::Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(out)))
 }
 
 fn statuses(report: &Value) -> Vec<(String, String)> {

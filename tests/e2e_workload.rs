@@ -15,15 +15,6 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use util::*;
 
-async fn admin_client() -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(admin_kubeconfig())
-        .expect("run tests/cluster/up first");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    kube::Client::try_from(config).unwrap()
-}
-
 /// A namespace for one test (workloads and helper pods), deleted when dropped, also when
 /// the test fails.
 struct TestNamespace {
@@ -89,11 +80,6 @@ impl Images {
     fn tag(&self, tag: &str) -> String {
         format!("{}:{tag}", self.repo)
     }
-}
-
-fn json_out(out: &std::process::Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(out)))
 }
 
 /// Sideloads `tar` into `nodes` (helpers in `ns`) and insists that it worked.

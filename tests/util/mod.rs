@@ -167,3 +167,19 @@ impl Drop for LogsOnFailure {
         }
     }
 }
+
+/// A client for the test cluster as admin, for assertions the plugin's output cannot make.
+pub async fn admin_client() -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(admin_kubeconfig())
+        .expect("run tests/cluster/up first");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+/// The plugin's stdout as JSON (`-o json`).
+pub fn json_out(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(out)))
+}
