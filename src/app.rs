@@ -182,7 +182,15 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
     }
 
     let text = match args.output {
-        Output::Json | Output::Yaml => report::json(summary, &results, &workload_results),
+        Output::Json => report::json(summary, &results, &workload_results),
+        // The same document as -o json, in YAML: one schema for scripts either way.
+        Output::Yaml => {
+            let json = report::json(summary, &results, &workload_results);
+            serde_json::from_str::<serde_json::Value>(&json)
+                .ok()
+                .and_then(|v| serde_yaml::to_string(&v).ok())
+                .unwrap_or(json)
+        }
         Output::Table => report::table(summary, &results, &workload_results),
     };
     print_stdout(&text);
