@@ -12,22 +12,6 @@ use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::{Value, json};
 use util::*;
 
-/// A fresh namespace for one test's helper pods, so that tests running side by side
-/// never see each other's helpers. Unlabelled namespaces admit privileged pods.
-async fn helper_namespace(client: &kube::Client) -> String {
-    let name = unique("sl-helpers");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
-    }))
-    .unwrap();
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-    name
-}
-
 /// Helper pods (ours) currently in `namespace`.
 async fn helper_pods(client: &kube::Client, namespace: &str) -> Vec<String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
@@ -106,7 +90,9 @@ fn statuses(report: &Value) -> Vec<(String, String)> {
 async fn each_archive_format_loads_into_every_node_and_runs() {
     let _logs = LogsOnFailure;
     let client = admin_client().await;
-    let ns = helper_namespace(&client).await;
+    // Its own namespace: tests side by side never see each other's helper pods.
+    let namespace = TestNamespace::new(&client, "sl-helpers").await;
+    let ns = namespace.name.clone();
     let dir = tempfile::tempdir().unwrap();
     for format in ["docker", "oci", "docker25"] {
         let reference = format!("sideload.test/e2e-{format}:{}", unique("v"));
@@ -165,7 +151,9 @@ async fn dry_run_changes_nothing_and_shows_the_helper_pod() {
     let _logs = LogsOnFailure;
     let client = admin_client().await;
     let dir = tempfile::tempdir().unwrap();
-    let ns = helper_namespace(&client).await;
+    // Its own namespace: tests side by side never see each other's helper pods.
+    let namespace = TestNamespace::new(&client, "sl-helpers").await;
+    let ns = namespace.name.clone();
     let reference = format!("sideload.test/dry:{}", unique("v"));
     let tar = dir.path().join("dry.tar");
     make_image(&reference, &tar, &[]);
@@ -290,7 +278,9 @@ async fn wrong_architecture_is_refused_before_anything_changes() {
     let _logs = LogsOnFailure;
     let client = admin_client().await;
     let dir = tempfile::tempdir().unwrap();
-    let ns = helper_namespace(&client).await;
+    // Its own namespace: tests side by side never see each other's helper pods.
+    let namespace = TestNamespace::new(&client, "sl-helpers").await;
+    let ns = namespace.name.clone();
     let reference = format!("sideload.test/arm:{}", unique("v"));
     let tar = dir.path().join("arm.tar");
     make_image(&reference, &tar, &["--platform", "linux/arm64"]);
@@ -340,7 +330,9 @@ async fn two_runs_at_once_do_not_collide() {
     let _logs = LogsOnFailure;
     let client = admin_client().await;
     let dir = tempfile::tempdir().unwrap();
-    let ns = helper_namespace(&client).await;
+    // Its own namespace: tests side by side never see each other's helper pods.
+    let namespace = TestNamespace::new(&client, "sl-helpers").await;
+    let ns = namespace.name.clone();
     let mut children = Vec::new();
     let mut refs = Vec::new();
     for i in 0..2 {
@@ -381,7 +373,9 @@ async fn an_interrupted_run_leaves_nothing_behind() {
     let _logs = LogsOnFailure;
     let client = admin_client().await;
     let dir = tempfile::tempdir().unwrap();
-    let ns = helper_namespace(&client).await;
+    // Its own namespace: tests side by side never see each other's helper pods.
+    let namespace = TestNamespace::new(&client, "sl-helpers").await;
+    let ns = namespace.name.clone();
     let reference = format!("sideload.test/interrupted:{}", unique("v"));
     let tar = dir.path().join("big.tar");
     make_image(&reference, &tar, &["--layers", "2", "--layer-mib", "128"]);

@@ -10,47 +10,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use util::*;
-
-/// A namespace for one test (workloads and helper pods), deleted when dropped, also when
-/// the test fails.
-struct TestNamespace {
-    name: String,
-}
-
-impl TestNamespace {
-    async fn new(client: &kube::Client, prefix: &str) -> TestNamespace {
-        let name = unique(prefix);
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let ns: Namespace = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
-        }))
-        .unwrap();
-        namespaces
-            .create(&PostParams::default(), &ns)
-            .await
-            .unwrap();
-        TestNamespace { name }
-    }
-}
-
-impl Drop for TestNamespace {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop cannot await; a thread with its own runtime can.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async {
-                let namespaces: Api<Namespace> = Api::all(admin_client().await);
-                let _ = namespaces.delete(&name, &DeleteParams::default()).await;
-            });
-        })
-        .join();
-    }
-}
 
 /// Images `REPO:v1` and `REPO:v2` (1 MiB layer each) for one test.
 struct Images {
