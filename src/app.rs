@@ -12,6 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::CommandFactory;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
+use tokio_util::sync::CancellationToken;
 
 use crate::archive::{Archive, Source, Summary};
 use crate::cli::{
@@ -19,7 +20,7 @@ use crate::cli::{
     NodeSelection, Output,
 };
 use crate::cluster::{client, helper, nodes};
-use crate::load::{self, LivePods, Status};
+use crate::load::{self, Status};
 use crate::plan::{self, Decision, Plan};
 use crate::progress::Progress;
 use crate::report;
@@ -125,7 +126,6 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         return Err(err);
     }
 
-    let live = LivePods::default();
     let progress = Progress::for_stderr();
     let run = load::Run {
         client: cluster.client.clone(),
@@ -133,19 +133,40 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         force: args.force,
         parallel: usize::from(args.parallel),
         helper_timeout: args.helper_timeout,
-        live: live.clone(),
+        cancel: CancellationToken::new(),
         progress: progress.clone(),
     };
     let mut signals = Signals::listen();
+    let execute = load::execute(&run, &plan);
+    tokio::pin!(execute);
     let results = tokio::select! {
-        results = load::execute(&run, &plan) => results,
+        results = &mut execute => results,
         signal = signals.recv() => {
-            progress.println(&format!("{signal}: deleting helper pods …"));
+            progress.println(&format!(
+                "{signal}: stopping and deleting helper pods (interrupt again to quit at once) …"
+            ));
+            run.cancel.cancel();
+            // Every node task deletes the pod it created; then sweep by run label for any
+            // delete that failed.
+            let unwound = tokio::select! {
+                _ = &mut execute => true,
+                _ = signals.recv() => false,
+            };
             let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &plan.helper_namespace);
-            for name in live.names() {
-                let _ = helper::delete(&pods, &name, Duration::from_secs(10)).await;
+            if unwound {
+                let _ = helper::sweep(&pods, Some(&plan.run_id), Duration::ZERO).await;
             }
-            eprintln!("interrupted; helper pods removed (if any remain, run `kubectl sideload cleanup`)");
+            let left = helper::list(&pods, Some(&plan.run_id)).await.unwrap_or_default();
+            if left.is_empty() {
+                eprintln!("interrupted; no helper pod left behind");
+            } else {
+                eprintln!(
+                    "interrupted; helper pods remain: {}\nrun `kubectl sideload cleanup \
+                     --helper-namespace {}`",
+                    left.join(", "),
+                    plan.helper_namespace
+                );
+            }
             return Ok(ExitCode::from(INTERRUPTED));
         }
     };
@@ -390,7 +411,13 @@ fn inspect_table(summary: &Summary) -> String {
 async fn cleanup(kube: &KubeArgs, args: CleanupArgs) -> Result<ExitCode> {
     let cluster = client::connect(kube).await?;
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &args.helper_namespace);
-    let names = helper::list(&pods, None).await?;
+    let names = if args.dry_run {
+        helper::list(&pods, None).await?
+    } else {
+        // A run killed a moment ago may still have a create in the API's hands: sweep
+        // until the namespace stays empty for a second.
+        helper::sweep(&pods, None, Duration::from_secs(1)).await?
+    };
     if names.is_empty() {
         print_stdout(&format!(
             "no helper pods in namespace {}\n",
@@ -401,7 +428,6 @@ async fn cleanup(kube: &KubeArgs, args: CleanupArgs) -> Result<ExitCode> {
         if args.dry_run {
             print_stdout(&format!("pod/{name} would be deleted (dry run)\n"));
         } else {
-            helper::delete(&pods, name, Duration::from_secs(30)).await?;
             print_stdout(&format!("pod/{name} deleted\n"));
         }
     }

@@ -2,9 +2,9 @@
 //! the runtime → skip if already there → stream and import → verify → helper pod down.
 //! One node's failure never stops the others; each ends with a `NodeResult`.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::io::{self, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -13,6 +13,7 @@ use indicatif::ProgressBar;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archive;
 use crate::cluster::{exec, helper};
@@ -39,33 +40,6 @@ pub struct NodeResult {
     pub error: Option<String>,
 }
 
-/// Helper pods that exist right now, so an interrupt can delete them (main.rs).
-#[derive(Clone, Default)]
-pub struct LivePods(Arc<Mutex<BTreeSet<String>>>);
-
-impl LivePods {
-    fn add(&self, name: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string());
-    }
-    fn remove(&self, name: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
-    }
-    pub fn names(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
-    }
-}
-
 /// Settings of a run that every node shares.
 pub struct Run {
     pub client: kube::Client,
@@ -73,7 +47,10 @@ pub struct Run {
     pub force: bool,
     pub parallel: usize,
     pub helper_timeout: Duration,
-    pub live: LivePods,
+    /// Cancelled on Ctrl-C: nodes not started yet never start, and a node in flight stops
+    /// at once and deletes its helper pod. The pod is deleted by the task that created it,
+    /// so a create still in flight when the signal came is never orphaned.
+    pub cancel: CancellationToken,
     pub progress: Progress,
 }
 
@@ -140,20 +117,26 @@ async fn with_helper(
     let Decision::Load { pod, .. } = &plan.decision else {
         unreachable!("only Load decisions reach with_helper");
     };
+    if run.cancel.is_cancelled() {
+        bail!("interrupted before its helper pod was created");
+    }
     bar.set_message("starting helper pod");
+    // Not raced against `cancel`: once the API has the create, we must learn the pod's name
+    // to delete it.
     let name = helper::create(pods, pod, false).await?;
     tracing::debug!(node = %plan.node.name, pod = %name, "helper pod created");
-    run.live.add(&name);
-    let outcome = async {
+    let work = async {
         helper::wait_running(pods, &name, run.helper_timeout).await?;
         tracing::debug!(node = %plan.node.name, "helper pod running");
         import(run, pods, &name, plan, bar).await
-    }
-    .await;
+    };
+    let outcome = tokio::select! {
+        outcome = work => outcome,
+        () = run.cancel.cancelled() => Err(anyhow::anyhow!("interrupted")),
+    };
     bar.set_message("removing helper pod");
     let removed = helper::delete(pods, &name, Duration::from_secs(30)).await;
     tracing::debug!(node = %plan.node.name, "helper pod deleted");
-    run.live.remove(&name);
     let outcome = outcome?;
     removed.with_context(|| {
         format!("could not delete helper pod {name}; run `kubectl sideload cleanup`")

@@ -409,17 +409,27 @@ async fn an_interrupted_run_leaves_nothing_behind() {
         if signal == "-INT" {
             // The plugin cleans up after itself on Ctrl-C.
             assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+            let left = helper_pods(&client, &ns).await;
             assert!(
-                helper_pods(&client, &ns).await.is_empty(),
-                "SIGINT left helper pods"
+                left.is_empty(),
+                "SIGINT left helper pods {left:?}; plugin said:\n{}",
+                stderr(&out)
+            );
+            assert!(
+                stderr(&out).contains("no helper pod left behind"),
+                "{}",
+                stderr(&out)
             );
         } else {
             // A killed plugin cannot clean up; `cleanup` must find its pods.
             let cleanup = sideload(&["cleanup", "--helper-namespace", &ns]);
-            assert!(cleanup.status.success());
+            assert!(cleanup.status.success(), "{}", stderr(&cleanup));
+            let left = helper_pods(&client, &ns).await;
             assert!(
-                helper_pods(&client, &ns).await.is_empty(),
-                "cleanup left helper pods"
+                left.is_empty(),
+                "cleanup left helper pods {left:?}; it said:\n{}{}",
+                String::from_utf8_lossy(&cleanup.stdout),
+                stderr(&cleanup)
             );
         }
     }

@@ -320,6 +320,32 @@ pub async fn list(api: &Api<Pod>, run_id: Option<&str>) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Deletes every helper pod of `run_id` (of any run when `None`) and lists again until a
+/// list comes back empty twice, `settle` apart: a create the API accepted just before its
+/// plugin died shows up late. Returns the names it deleted.
+pub async fn sweep(api: &Api<Pod>, run_id: Option<&str>, settle: Duration) -> Result<Vec<String>> {
+    let mut deleted = Vec::new();
+    let mut quiet_once = false;
+    // Bounded: a controller recreating pods with our labels must not keep us here forever.
+    for _ in 0..10 {
+        let names = list(api, run_id).await?;
+        if names.is_empty() {
+            if quiet_once {
+                break;
+            }
+            quiet_once = true;
+            tokio::time::sleep(settle).await;
+            continue;
+        }
+        quiet_once = false;
+        for name in names {
+            delete(api, &name, Duration::from_secs(30)).await?;
+            deleted.push(name);
+        }
+    }
+    Ok(deleted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
