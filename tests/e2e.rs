@@ -436,6 +436,41 @@ async fn an_interrupted_run_leaves_nothing_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_api_server_that_speaks_only_exec_v4_loads_every_node() {
+    // v4 has no stdin close: the import must end on the length the plugin framed, not on
+    // EOF. The v4 API server hands exec websockets to the runtimes' streaming servers
+    // (containerd 1.6, 1.7 and 2.4 here), which is where the protocol is negotiated.
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let namespace = TestNamespace::new(&client, "sl-helpers").await;
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("sideload.test/v4:{}", unique("v"));
+    let tar = dir.path().join("v4.tar");
+    make_image(&reference, &tar, &["--layers", "2", "--layer-mib", "3"]);
+    let mut cmd = plugin();
+    cmd.env("SIDELOAD_LOG", "kubectl_sideload=debug")
+        .arg("--kubeconfig")
+        .arg(v4_kubeconfig())
+        .args([tar.to_str().unwrap(), "-o", "json"])
+        .args(["--helper-namespace", &namespace.name]);
+    let out = run(cmd);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(
+        log.contains("v4.channel.k8s.io") && !log.contains("v5.channel.k8s.io"),
+        "the stream was not v4-only:\n{log}"
+    );
+    let report = json_out(&out);
+    let st = statuses(&report);
+    assert_eq!(st.len(), 3, "{st:?}");
+    assert!(st.iter().all(|(_, s)| s == "loaded"), "{st:?}");
+    for node in NODES {
+        let logs = run_pod_on(&client, "default", node, &reference).await;
+        assert!(logs.contains("hello from"), "{node}: log was {logs:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_documented_clusterrole_is_enough() {
     let _logs = LogsOnFailure;
     let dir = tempfile::tempdir().unwrap();

@@ -112,6 +112,16 @@ where
         .connect(request)
         .await
         .map_err(|e| crate::cluster::errors::explain(e, "create", "pods/exec"))?;
+    // Either protocol works the same here (stdin is never closed); logged because which one
+    // the cluster chose explains a stall (tests: the e2e v4-only API server checks this line).
+    tracing::debug!(
+        protocol = if connection.supports_stream_close() {
+            "v5.channel.k8s.io"
+        } else {
+            "v4.channel.k8s.io"
+        },
+        "exec stream open"
+    );
     let (mut sink, mut stream) = connection.into_stream().split();
 
     // Reader: stdout/stderr kept (bounded), the status channel ends it.

@@ -172,6 +172,10 @@ BRIDGE=sl-e2e0                 # in the root netns; the nodes' veths hang off it
 BRIDGE_IP=10.213.0.1           # the API server, etcd, controller-manager, scheduler bind here
 NODE_NET_PREFIX=24
 API_PORT=16443                 # not 6443: a real control plane on the same host may hold it
+# A second API server on the same etcd with the exec stream translator off: it proxies exec
+# websockets untouched to the runtime's streaming server, which speaks v4.channel.k8s.io at
+# most (no stdin close), the protocol older clusters use. The plugin must work on both.
+API_V4_PORT=16444
 SERVICE_CIDR=10.215.0.0/24
 SERVICE_IP=10.215.0.1
 RUN=/run/sideload-e2e          # short paths: unix sockets must stay under 108 bytes

@@ -30,6 +30,12 @@ pub fn limited_kubeconfig() -> PathBuf {
     e2e_dir().join("kubeconfig-limited")
 }
 
+/// Admin on the second API server, whose exec speaks only `v4.channel.k8s.io`
+/// (tests/cluster/README.md).
+pub fn v4_kubeconfig() -> PathBuf {
+    e2e_dir().join("kubeconfig-v4")
+}
+
 /// The plugin binary cargo built for this test run.
 pub fn plugin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubectl-sideload"));
