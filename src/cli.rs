@@ -102,7 +102,8 @@ pub struct LoadArgs {
     #[arg(long)]
     pub skip_unready: bool,
 
-    /// Re-import even where the node already has the image with the same digest
+    /// Re-import even where the node already has the image with the same digest, and send
+    /// every layer (none taken from the node's content store)
     #[arg(long)]
     pub force: bool,
 

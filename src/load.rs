@@ -35,6 +35,8 @@ pub struct NodeResult {
     pub name: String,
     pub status: Status,
     pub bytes_sent: u64,
+    /// Layers not sent because the node already held them (see `import`).
+    pub layers_reused: usize,
     pub seconds: f64,
     /// Why it was skipped or failed.
     pub error: Option<String>,
@@ -67,43 +69,48 @@ pub async fn execute(run: &Run, plan: &Plan) -> Vec<NodeResult> {
 async fn load_node(run: &Run, pods: &Api<Pod>, plan: &NodePlan) -> NodeResult {
     let name = plan.node.name.clone();
     let started = Instant::now();
-    let result = |status, bytes_sent, error| NodeResult {
+    let result = |status, (bytes_sent, layers_reused), error| NodeResult {
         name: name.clone(),
         status,
         bytes_sent,
+        layers_reused,
         seconds: started.elapsed().as_secs_f64(),
         error,
     };
     match &plan.decision {
         Decision::Skip { reason } | Decision::Refuse { reason } => {
-            return result(Status::Skipped, 0, Some(reason.clone()));
+            return result(Status::Skipped, (0, 0), Some(reason.clone()));
         }
         Decision::Load { .. } => {}
     }
     let bar = run.progress.node_bar(&name);
     let outcome = with_helper(run, pods, plan, &bar).await;
     match outcome {
-        Ok(Outcome::Loaded(bytes)) => {
+        Ok(Outcome::Loaded { sent, reused }) => {
             bar.finish_with_message("loaded");
-            result(Status::Loaded, bytes, None)
+            result(Status::Loaded, (sent, reused), None)
         }
         Ok(Outcome::AlreadyThere) => {
             bar.finish_with_message("already present");
             result(
                 Status::Skipped,
-                0,
+                (0, 0),
                 Some("already present with the same digest (use --force to re-import)".into()),
             )
         }
         Err(err) => {
             bar.abandon_with_message("failed");
-            result(Status::Failed, 0, Some(format!("{err:#}")))
+            result(Status::Failed, (0, 0), Some(format!("{err:#}")))
         }
     }
 }
 
 enum Outcome {
-    Loaded(u64),
+    /// Bytes streamed, and layers left out because the node had them.
+    Loaded {
+        sent: u64,
+        reused: usize,
+    },
     AlreadyThere,
 }
 
@@ -186,13 +193,45 @@ async fn import(
         return Ok(Outcome::AlreadyThere);
     }
 
-    tracing::debug!(node = %plan.node.name, "checked what the node has");
-    bar.set_message("sending");
-    bar.set_length(*bytes);
-    let argv = containerd::import_argv(&located, *bytes, &platform.to_string());
+    // Layers the node's content store already holds (the unchanged base of a rebuilt
+    // image, sideloaded before) stay out of the stream: `ctr import` takes them from the
+    // store. `--force` sends everything, the way out if the store lost a blob meanwhile.
+    let image = run.archive.image_for(platform)?;
+    let skip: HashSet<String> = if run.force {
+        HashSet::new()
+    } else {
+        let out = exec::run(
+            pods,
+            pod,
+            helper::on_host(containerd::content_argv(&located)),
+        )
+        .await?
+        .check("ctr content ls")?;
+        let have = containerd::parse_content(&out.stdout);
+        image
+            .layers
+            .iter()
+            .map(|l| l.digest.clone())
+            .filter(|d| have.contains(d))
+            .collect()
+    };
+    let len = if skip.is_empty() {
+        *bytes
+    } else {
+        run.archive.oci_len(image, &skip)?
+    };
+    tracing::debug!(node = %plan.node.name, reused = skip.len(), len, "checked what the node has");
+    bar.set_message(if skip.is_empty() {
+        "sending".to_string()
+    } else {
+        format!("sending (reusing {} layer(s) on the node)", skip.len())
+    });
+    bar.set_length(len);
+    let argv = containerd::import_argv(&located, len, &platform.to_string());
     let archive = Arc::clone(&run.archive);
     let want = platform.clone();
     let counter = bar.clone();
+    let reused = skip.len();
     let (out, written) = exec::run_with_input(pods, pod, helper::on_host(argv), move |w| {
         let image = archive
             .image_for(&want)
@@ -202,13 +241,22 @@ async fn import(
             bar: counter,
         };
         archive
-            .write_oci(image, &HashSet::new(), &mut counting)
+            .write_oci(image, &skip, &mut counting)
             .map_err(|e| io::Error::other(e.to_string()))
     })
     .await?;
     tracing::debug!(node = %plan.node.name, "stream sent and import finished");
     bar.set_message("importing");
-    let out = out.check("ctr images import")?;
+    let out = out.check("ctr images import").map_err(|e| {
+        if reused > 0 {
+            e.context(format!(
+                "{reused} layer(s) were taken from the node's content store instead of sent; \
+                 if the store lost one meanwhile, run again with --force to send every layer"
+            ))
+        } else {
+            e
+        }
+    })?;
     let sent = match written {
         Ok(n) => n,
         Err(e) => bail!("streaming the archive failed after the import ended: {e}"),
@@ -224,7 +272,7 @@ async fn import(
         );
     }
     tracing::debug!(node = %plan.node.name, "verified");
-    Ok(Outcome::Loaded(sent))
+    Ok(Outcome::Loaded { sent, reused })
 }
 
 /// Counts bytes into the node's progress bar as they go out.

@@ -99,7 +99,11 @@ fn nodes_table(summary: &Summary, results: &[NodeResult]) -> String {
             .into(),
             human_bytes(r.bytes_sent),
             format!("{:.1}s", r.seconds),
-            r.error.clone().unwrap_or_default(),
+            match (&r.error, r.layers_reused) {
+                (Some(error), _) => error.clone(),
+                (None, 0) => String::new(),
+                (None, n) => format!("{n} layer(s) already on the node, not sent"),
+            },
         ]);
     }
     format!(
@@ -217,6 +221,7 @@ mod tests {
             name: "node-a".into(),
             status: Status::Loaded,
             bytes_sent: 1,
+            layers_reused: 0,
             seconds: 1.0,
             error: None,
         };

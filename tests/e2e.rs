@@ -471,6 +471,68 @@ async fn an_api_server_that_speaks_only_exec_v4_loads_every_node() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_rebuilt_image_sends_only_the_layers_a_node_lacks() {
+    // v1 and v2 share a 16 MiB base layer (seeded per test run, so no earlier run left it
+    // on a node) and differ in a 1 MiB top layer, as an image rebuilt after a code change.
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let namespace = TestNamespace::new(&client, "sl-helpers").await;
+    let dir = tempfile::tempdir().unwrap();
+    let seed = unique("base");
+    let tag = unique("v");
+    let load = |version: &str, extra: &[&str]| {
+        let reference = format!("sideload.test/rebuilt-{version}:{tag}");
+        let tar = dir.path().join(format!("{version}.tar"));
+        make_image(
+            &reference,
+            &tar,
+            &["--base-mib", "16", "--base-seed", &seed, "--layer-mib", "1"],
+        );
+        let mut args = vec![tar.to_str().unwrap(), "-o", "json"];
+        args.extend(["--helper-namespace", &namespace.name]);
+        args.extend(extra);
+        let out = sideload(&args);
+        assert!(out.status.success(), "{version}: {}", stderr(&out));
+        (reference, json_out(&out))
+    };
+    let sent = |report: &Value| -> Vec<(u64, u64)> {
+        report["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                assert_eq!(n["status"], "loaded", "{n}");
+                (
+                    n["bytes_sent"].as_u64().unwrap(),
+                    n["layers_reused"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (_, v1) = load("v1", &[]);
+    for (bytes, _) in sent(&v1) {
+        assert!(bytes > 16 << 20, "v1 must carry its new base layer: {v1}");
+    }
+    let (v2_ref, v2) = load("v2", &[]);
+    for (bytes, reused) in sent(&v2) {
+        assert!(bytes < 2 << 20, "v2 resent the base layer: {v2}");
+        assert!(reused >= 2, "base and /app layers should be reused: {v2}");
+    }
+    for node in NODES {
+        let logs = run_pod_on(&client, "default", node, &v2_ref).await;
+        assert!(logs.contains(&v2_ref), "{node}: log was {logs:?}");
+    }
+    // --force sends every layer again.
+    let (_, forced) = load("v2", &["--force"]);
+    for (bytes, reused) in sent(&forced) {
+        assert!(
+            bytes > 16 << 20 && reused == 0,
+            "--force reused layers: {forced}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_documented_clusterrole_is_enough() {
     let _logs = LogsOnFailure;
     let dir = tempfile::tempdir().unwrap();

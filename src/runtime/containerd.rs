@@ -5,7 +5,7 @@
 //! goes through the transfer API unless `--local` is given, and that path fails for some
 //! archives ("no unpack platforms defined", containerd#11228), so 2.x always gets `--local`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use serde::Serialize;
@@ -196,6 +196,35 @@ pub fn list_argv(located: &Located) -> Vec<String> {
     ]
 }
 
+/// `ctr content ls -q`: the digests of every blob the node's k8s.io namespace holds, so a
+/// layer it already has (the base of an image rebuilt on top of it) is not sent again.
+pub fn content_argv(located: &Located) -> Vec<String> {
+    vec![
+        located.ctr.clone(),
+        "--address".into(),
+        located.socket.clone(),
+        "-n".into(),
+        "k8s.io".into(),
+        "content".into(),
+        "ls".into(),
+        "-q".into(),
+    ]
+}
+
+/// `ctr content ls -q` as a set of digests; other lines (ctr 2.x prints deprecation
+/// warnings) are ignored.
+pub fn parse_content(stdout: &str) -> HashSet<String> {
+    stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.strip_prefix("sha256:")
+                .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 /// `ctr images ls` as ref → target digest. Columns: REF TYPE DIGEST SIZE PLATFORMS LABELS;
 /// SIZE holds a space ("1.2 MiB"), so only the first three are read.
 pub fn parse_images(stdout: &str) -> BTreeMap<String, String> {
@@ -310,5 +339,20 @@ docker.io/library/app:v2         application/vnd.oci.image.manifest.v1+json     
         assert!(missing[0].contains("expected sha256:bbbb"));
         assert!(missing[1].contains("not listed"));
         assert!(missing_refs(&listed, &refs[..1], "sha256:aaaa").is_empty());
+    }
+
+    #[test]
+    fn content_listing_keeps_only_digests() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "0123456789abcdef".repeat(4));
+        let out = format!(
+            "time=\"…\" level=warning msg=\"DEPRECATION: cgroup v1\"\n{a}\n  {b}  \n\
+             sha256:short\nsha256:{}\n",
+            "z".repeat(64)
+        );
+        let got = parse_content(&out);
+        assert_eq!(got, HashSet::from([a, b]));
+        let argv = content_argv(&located(Version::new(1, 6, 20)));
+        assert_eq!(argv[3..], ["-n", "k8s.io", "content", "ls", "-q"]);
     }
 }
