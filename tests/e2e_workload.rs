@@ -6,6 +6,7 @@
 mod util;
 
 use std::collections::BTreeSet;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
@@ -14,6 +15,18 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use util::*;
+
+/// Where every workload test starts: its own namespace (also for the helper pods), images
+/// v1 and v2 made, and v1 loaded on `nodes`, ready for a workload to run it. Keep the
+/// `LogsOnFailure` to the end of the test: it prints the cluster's logs if the test fails.
+async fn setup(name: &str, nodes: &str) -> (LogsOnFailure, kube::Client, TestNamespace, Images) {
+    let logs = LogsOnFailure;
+    let client = admin_client().await;
+    let ns = TestNamespace::new(&client, name).await;
+    let images = Images::new(name);
+    load(&images.v1, nodes, &ns.name);
+    (logs, client, ns, images)
+}
 
 /// Images `REPO:v1` and `REPO:v2` (1 MiB layer each) for one test.
 struct Images {
@@ -57,6 +70,24 @@ fn load(tar: &str, nodes: &str, ns: &str) {
         "json",
     ]);
     assert!(out.status.success(), "loading {tar}: {}", stderr(&out));
+}
+
+/// The plugin as a workload test runs it: namespace `ns` for the workload and the helper
+/// pods, no prompt, a 120 s rollout timeout, JSON report; `args` adds the rest.
+fn apply(ns: &str, args: &[&str]) -> Output {
+    let mut all = args.to_vec();
+    all.extend([
+        "-n",
+        ns,
+        "--helper-namespace",
+        ns,
+        "--yes",
+        "--timeout",
+        "120s",
+        "-o",
+        "json",
+    ]);
+    sideload(&all)
 }
 
 async fn create<K>(client: &kube::Client, ns: &str, object: Value)
@@ -157,6 +188,16 @@ async fn pods_running(
     }
 }
 
+/// Every container of every pod (init containers too) runs `image` with `policy`.
+fn assert_containers(pods: &[Pod], image: &str, policy: &str) {
+    for pod in pods {
+        for c in containers_of(pod) {
+            assert_eq!(c.image.as_deref(), Some(image), "{}", c.name);
+            assert_eq!(c.image_pull_policy.as_deref(), Some(policy), "{}", c.name);
+        }
+    }
+}
+
 fn node_of(pod: &Pod) -> String {
     pod.spec
         .as_ref()
@@ -216,11 +257,7 @@ async fn remove_label(client: &kube::Client, node: &str, key: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deployment_moves_to_the_sideloaded_v2_init_containers_too() {
-    let _logs = LogsOnFailure;
-    let client = admin_client().await;
-    let ns = TestNamespace::new(&client, "wl-deploy").await;
-    let images = Images::new("wl-deploy");
-    load(&images.v1, "all", &ns.name);
+    let (_logs, client, ns, images) = setup("wl-deploy", "all").await;
     // A native sidecar (an init container that keeps running) of the same image: it must
     // move along with the main container.
     let sidecar = json!({"initContainers": [{
@@ -235,20 +272,7 @@ async fn a_deployment_moves_to_the_sideloaded_v2_init_containers_too() {
     .await;
     deployment_ready(&client, &ns.name, "web", 3).await;
 
-    let out = sideload(&[
-        &images.v2,
-        "--workload",
-        "deploy/web",
-        "-n",
-        &ns.name,
-        "--helper-namespace",
-        &ns.name,
-        "--yes",
-        "--timeout",
-        "120s",
-        "-o",
-        "json",
-    ]);
+    let out = apply(&ns.name, &[&images.v2, "--workload", "deploy/web"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report = json_out(&out);
     let w = workload_report(&report);
@@ -262,21 +286,12 @@ async fn a_deployment_moves_to_the_sideloaded_v2_init_containers_too() {
     assert!(stderr(&out).contains("rolled out"), "{}", stderr(&out));
 
     let pods = pods_running(&client, &ns.name, "web", 3, &images.tag("v2")).await;
-    for pod in &pods {
-        for c in containers_of(pod) {
-            assert_eq!(c.image.as_deref(), Some(images.tag("v2").as_str()));
-            assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
-        }
-    }
+    assert_containers(&pods, &images.tag("v2"), "IfNotPresent");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_statefulset_and_a_deployment_move_to_v2_in_one_run_with_pull_policy_never() {
-    let _logs = LogsOnFailure;
-    let client = admin_client().await;
-    let ns = TestNamespace::new(&client, "wl-sts").await;
-    let images = Images::new("wl-sts");
-    load(&images.v1, "node-a,node-b", &ns.name);
+    let (_logs, client, ns, images) = setup("wl-sts", "node-a,node-b").await;
     create::<StatefulSet>(
         &client,
         &ns.name,
@@ -307,26 +322,20 @@ async fn a_statefulset_and_a_deployment_move_to_v2_in_one_run_with_pull_policy_n
     .await;
     deployment_ready(&client, &ns.name, "web", 1).await;
 
-    let out = sideload(&[
-        &images.v2,
-        "--nodes",
-        "node-a,node-b",
-        "--workload",
-        "sts/db",
-        "--workload",
-        "deployments.apps/web",
-        "--pull-policy",
-        "Never",
-        "-n",
+    let out = apply(
         &ns.name,
-        "--helper-namespace",
-        &ns.name,
-        "--yes",
-        "--timeout",
-        "120s",
-        "-o",
-        "json",
-    ]);
+        &[
+            &images.v2,
+            "--nodes",
+            "node-a,node-b",
+            "--workload",
+            "sts/db",
+            "--workload",
+            "deployments.apps/web",
+            "--pull-policy",
+            "Never",
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let report = json_out(&out);
     let workloads = report["workloads"].as_array().unwrap();
@@ -348,21 +357,14 @@ async fn a_statefulset_and_a_deployment_move_to_v2_in_one_run_with_pull_policy_n
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
     let status = sts.get("db").await.unwrap().status.unwrap();
     assert_eq!(status.current_revision, status.update_revision);
-    for pod in pods_running(&client, &ns.name, "db", 2, &images.tag("v2")).await {
-        let c = &pod.spec.unwrap().containers[0];
-        assert_eq!(c.image.as_deref(), Some(images.tag("v2").as_str()));
-        assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
-    }
+    let pods = pods_running(&client, &ns.name, "db", 2, &images.tag("v2")).await;
+    assert_containers(&pods, &images.tag("v2"), "Never");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_daemonset_loads_the_nodes_it_runs_on_and_moves_to_v2() {
-    let _logs = LogsOnFailure;
-    let client = admin_client().await;
-    let ns = TestNamespace::new(&client, "wl-ds").await;
-    let images = Images::new("wl-ds");
     // No toleration: node-c's taint keeps the DaemonSet on node-a and node-b.
-    load(&images.v1, "node-a,node-b", &ns.name);
+    let (_logs, client, ns, images) = setup("wl-ds", "node-a,node-b").await;
     create::<DaemonSet>(
         &client,
         &ns.name,
@@ -379,20 +381,7 @@ async fn a_daemonset_loads_the_nodes_it_runs_on_and_moves_to_v2() {
     pods_running(&client, &ns.name, "agent", 2, &images.tag("v1")).await;
 
     // No --nodes: a DaemonSet-only run loads the nodes the DaemonSet runs on.
-    let out = sideload(&[
-        &images.v2,
-        "--workload",
-        "ds/agent",
-        "-n",
-        &ns.name,
-        "--helper-namespace",
-        &ns.name,
-        "--yes",
-        "--timeout",
-        "120s",
-        "-o",
-        "json",
-    ]);
+    let out = apply(&ns.name, &[&images.v2, "--workload", "ds/agent"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report = json_out(&out);
     let loaded: BTreeSet<&str> = report["nodes"]
@@ -420,11 +409,7 @@ async fn a_daemonset_loads_the_nodes_it_runs_on_and_moves_to_v2() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_same_tag_again_restarts_the_pods_onto_the_new_bytes() {
-    let _logs = LogsOnFailure;
-    let client = admin_client().await;
-    let ns = TestNamespace::new(&client, "wl-same").await;
-    let images = Images::new("wl-same");
-    load(&images.v1, "node-a,node-b", &ns.name);
+    let (_logs, client, ns, images) = setup("wl-same", "node-a,node-b").await;
     create::<Deployment>(
         &client,
         &ns.name,
@@ -455,22 +440,16 @@ async fn the_same_tag_again_restarts_the_pods_onto_the_new_bytes() {
         &rebuilt,
         &["--layers", "1", "--layer-mib", "1"],
     );
-    let out = sideload(&[
-        rebuilt.to_str().unwrap(),
-        "--nodes",
-        "node-a,node-b",
-        "--workload",
-        "deployment/web",
-        "-n",
+    let out = apply(
         &ns.name,
-        "--helper-namespace",
-        &ns.name,
-        "--yes",
-        "--timeout",
-        "120s",
-        "-o",
-        "json",
-    ]);
+        &[
+            rebuilt.to_str().unwrap(),
+            "--nodes",
+            "node-a,node-b",
+            "--workload",
+            "deployment/web",
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let w = workload_report(&json_out(&out)).clone();
     assert_eq!(w["patched"], true, "{w}");
@@ -507,11 +486,7 @@ async fn the_same_tag_again_restarts_the_pods_onto_the_new_bytes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_node_means_no_patch_unless_allow_partial_which_constrains() {
-    let _logs = LogsOnFailure;
-    let client = admin_client().await;
-    let ns = TestNamespace::new(&client, "wl-partial").await;
-    let images = Images::new("wl-partial");
-    load(&images.v1, "node-a,node-b", &ns.name);
+    let (_logs, client, ns, images) = setup("wl-partial", "node-a,node-b").await;
     // A helper image that only node-a holds: node-b's helper cannot start (ErrImageNeverPull),
     // a real load failure after the run began.
     let helper = Images::new("wl-helper");
@@ -604,11 +579,7 @@ async fn a_failed_node_means_no_patch_unless_allow_partial_which_constrains() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn loading_some_nodes_warns_and_constrain_keeps_pods_on_them() {
-    let _logs = LogsOnFailure;
-    let client = admin_client().await;
-    let ns = TestNamespace::new(&client, "wl-place").await;
-    let images = Images::new("wl-place");
-    load(&images.v1, "all", &ns.name);
+    let (_logs, client, ns, images) = setup("wl-place", "all").await;
     create::<Deployment>(
         &client,
         &ns.name,
@@ -724,11 +695,7 @@ async fn loading_some_nodes_warns_and_constrain_keeps_pods_on_them() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_on_a_node_without_the_image_stop_the_wait_early() {
-    let _logs = LogsOnFailure;
-    let client = admin_client().await;
-    let ns = TestNamespace::new(&client, "wl-early").await;
-    let images = Images::new("wl-early");
-    load(&images.v1, "node-a,node-b", &ns.name);
+    let (_logs, client, ns, images) = setup("wl-early", "node-a,node-b").await;
     // One pod per blue node, replaced all at once: a new pod lands on node-b for sure.
     let spread = json!({
         "nodeSelector": {"pool": "blue"},

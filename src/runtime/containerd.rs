@@ -185,30 +185,26 @@ pub fn import_argv(located: &Located, len: u64, platform: &str) -> Vec<String> {
 
 /// Host argv listing the images of the kubelet's namespace.
 pub fn list_argv(located: &Located) -> Vec<String> {
-    vec![
+    ctr_argv(located, &["images", "ls"])
+}
+
+/// `ctr --address SOCKET -n k8s.io ARGS…`: CRI's images live in namespace k8s.io.
+fn ctr_argv(located: &Located, args: &[&str]) -> Vec<String> {
+    let mut argv = vec![
         located.ctr.clone(),
         "--address".into(),
         located.socket.clone(),
         "-n".into(),
         "k8s.io".into(),
-        "images".into(),
-        "ls".into(),
-    ]
+    ];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    argv
 }
 
 /// `ctr content ls -q`: the digests of every blob the node's k8s.io namespace holds, so a
 /// layer it already has (the base of an image rebuilt on top of it) is not sent again.
 pub fn content_argv(located: &Located) -> Vec<String> {
-    vec![
-        located.ctr.clone(),
-        "--address".into(),
-        located.socket.clone(),
-        "-n".into(),
-        "k8s.io".into(),
-        "content".into(),
-        "ls".into(),
-        "-q".into(),
-    ]
+    ctr_argv(located, &["content", "ls", "-q"])
 }
 
 /// `ctr content ls -q` as a set of digests; other lines (ctr 2.x prints deprecation
