@@ -1,10 +1,12 @@
 //! Running commands in the helper pod over the exec websocket, optionally streaming a
 //! large input into the command's stdin.
 //!
-//! Rules learned the hard way (DESIGN.md, "Exec websocket"): stdout and stderr are drained
-//! concurrently or kube's 1 KiB pipes stall stdin; the stdin writer stays open until the
-//! exit status arrives, because on protocol v4 closing stdin closes the whole socket and
-//! the status would be lost; the status is taken before anything else is joined.
+//! One session loop speaks the channel protocol itself over kube's upgraded websocket
+//! (kube's `AttachedProcess` sends 4 KiB stdin frames and, with 1 KiB output pipes, stalls
+//! stdin unless stdout is drained concurrently). Rules (DESIGN.md, "Exec websocket"): the
+//! stdin side is never closed, since on protocol v4 closing it closes the whole socket and
+//! the exit status would be lost; commands read a known length instead; the session ends
+//! on the status message.
 
 use std::io::{self, Write};
 
@@ -12,7 +14,6 @@ use anyhow::{Context, Result, anyhow};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::{Api, AttachParams};
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::cluster::helper::CONTAINER;
 
@@ -55,27 +56,18 @@ impl Output {
 
 /// Runs `argv` in the helper container with no input.
 pub async fn run(api: &Api<Pod>, pod: &str, argv: Vec<String>) -> Result<Output> {
-    let params = AttachParams::default()
-        .container(CONTAINER)
-        .stdin(false)
-        .stdout(true)
-        .stderr(true);
-    let mut process = api
-        .exec(pod, argv, &params)
-        .await
-        .map_err(|e| crate::cluster::errors::explain(e, "create", "pods/exec"))?;
-    let status = process.take_status().context("exec status already taken")?;
-    let stdout = tokio::spawn(drain(process.stdout()));
-    let stderr = tokio::spawn(drain(process.stderr()));
-    let status = status.await;
-    finish(status, stdout, stderr, process).await
+    let no_input: Option<fn(&mut dyn Write) -> io::Result<u64>> = None;
+    Ok(session(api, pod, argv, no_input).await?.0)
 }
 
 /// Bytes of stdin per websocket frame. kube-rs' own exec loop sends 4 KiB frames; every
 /// frame costs a message in the API server, the kubelet and the runtime's stream server,
-/// and at 4 KiB that overhead dominated a 1 GiB transfer (see bench/sideload-1g).
-const FRAME: usize = 256 * 1024;
-/// Frames queued between the archive reader thread and the socket.
+/// and at 4 KiB that overhead dominated a 1 GiB transfer (see bench/sideload-1g). Measured
+/// on the test cluster, 256 MiB to one node: 4 KiB 18.9 s, 256 KiB 8.5-10.2 s, 1 MiB
+/// 7.3-8.4 s.
+const FRAME: usize = 1024 * 1024;
+/// Frames queued between the archive reader thread and the socket: with `FRAME` this
+/// bounds the plugin's buffers at 8 MiB per node in flight.
 const QUEUED_FRAMES: usize = 8;
 
 /// Runs `argv` with `feed` writing the command's stdin from a blocking thread (the archive
@@ -94,13 +86,27 @@ pub async fn run_with_input<F>(
 where
     F: FnOnce(&mut dyn Write) -> io::Result<u64> + Send + 'static,
 {
+    session(api, pod, argv, Some(feed)).await
+}
+
+/// One exec session: stdin from `feed` if given (else no stdin channel at all), stdout and
+/// stderr kept, ended by the status message.
+async fn session<F>(
+    api: &Api<Pod>,
+    pod: &str,
+    argv: Vec<String>,
+    feed: Option<F>,
+) -> Result<(Output, io::Result<u64>)>
+where
+    F: FnOnce(&mut dyn Write) -> io::Result<u64> + Send + 'static,
+{
     use futures::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
     let namespace = api.namespace().unwrap_or("default").to_string();
     let params = AttachParams::default()
         .container(CONTAINER)
-        .stdin(true)
+        .stdin(feed.is_some())
         .stdout(true)
         .stderr(true);
     let request = kube::core::Request::new(format!("/api/v1/namespaces/{namespace}/pods"))
@@ -158,7 +164,11 @@ where
 
     // Writer thread: the archive, cut into frames that already carry the stdin channel byte.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUED_FRAMES);
+    // Without input, `tx` drops here and the loop below sees the channel end at once.
     let writer = tokio::task::spawn_blocking(move || {
+        let Some(feed) = feed else {
+            return Ok(0);
+        };
         let mut frames = FrameWriter::new(tx);
         feed(&mut frames).and_then(|n| frames.flush().map(|_| n))
     });
@@ -272,35 +282,6 @@ impl Write for FrameWriter {
     }
 }
 
-async fn finish(
-    status: Option<Status>,
-    stdout: tokio::task::JoinHandle<String>,
-    stderr: tokio::task::JoinHandle<String>,
-    process: kube::api::AttachedProcess,
-) -> Result<Output> {
-    // The status is in hand; the socket can go now, which also ends the drains.
-    let _ = process.join().await;
-    let stdout = stdout.await.unwrap_or_default();
-    let stderr = stderr.await.unwrap_or_default();
-    let status = status.ok_or_else(|| {
-        anyhow!(
-            "the exec stream ended without an exit status (API server or kubelet restarted, \
-             or the helper pod was deleted){}",
-            if stderr.is_empty() {
-                String::new()
-            } else {
-                format!("; stderr: {}", last_lines(&stderr, 3))
-            }
-        )
-    })?;
-    Ok(Output {
-        exit_code: exit_code(&status),
-        message: status.message.clone().unwrap_or_default(),
-        stdout,
-        stderr,
-    })
-}
-
 /// `Success` → 0; `Failure`/`NonZeroExitCode` carries the code in `details.causes[]`.
 fn exit_code(status: &Status) -> i32 {
     if status.status.as_deref() == Some("Success") {
@@ -317,24 +298,6 @@ fn exit_code(status: &Status) -> i32 {
         })
         .and_then(|c| c.message.as_deref()?.parse().ok())
         .unwrap_or(-1)
-}
-
-async fn drain(reader: Option<impl AsyncRead + Unpin>) -> String {
-    let Some(mut reader) = reader else {
-        return String::new();
-    };
-    let mut kept = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = KEEP_OUTPUT.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
-    }
-    String::from_utf8_lossy(&kept).into_owned()
 }
 
 fn last_lines(text: &str, n: usize) -> String {
