@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::archive::{Archive, Platform};
 use crate::cluster::helper::{self, HelperImage, HelperSpec};
-use crate::cluster::nodes::NodeFacts;
+use crate::cluster::nodes::{self, NodeFacts};
 
 /// What the plugin will do on one node.
 #[derive(Debug, Clone, Serialize)]
@@ -68,15 +68,26 @@ impl Plan {
             );
         }
         let mut planned = Vec::with_capacity(nodes.len());
+        // Looked up only for nodes that list no pause image, once per run.
+        let mut pause_elsewhere: Option<Option<String>> = None;
         for node in nodes {
-            let pod_images = if opts.helper_image.is_none()
-                && helper::choose_image(None, &node, &[]).is_none()
-            {
-                running_images(client, &node.name).await
-            } else {
-                Vec::new()
+            let (running, elsewhere) =
+                if opts.helper_image.is_none() && helper::listed_pause(&node.images).is_none() {
+                    if pause_elsewhere.is_none() {
+                        pause_elsewhere = Some(nodes::pause_listed_anywhere(client).await);
+                    }
+                    (
+                        running_images(client, &node.name).await,
+                        pause_elsewhere.clone().flatten(),
+                    )
+                } else {
+                    (Vec::new(), None)
+                };
+            let reusable = helper::Reusable {
+                running: &running,
+                pause_elsewhere: elsewhere.as_deref(),
             };
-            let decision = decide(archive, &node, &pod_images, opts);
+            let decision = decide(archive, &node, &reusable, opts);
             planned.push(NodePlan { node, decision });
         }
         Ok(Plan {
@@ -115,7 +126,7 @@ impl Plan {
 pub fn decide(
     archive: &Archive,
     node: &NodeFacts,
-    pod_images: &[String],
+    reusable: &helper::Reusable<'_>,
     opts: &Options<'_>,
 ) -> Decision {
     if !node.ready {
@@ -147,10 +158,11 @@ pub fn decide(
             };
         }
     };
-    let Some(helper) = helper::choose_image(opts.helper_image, node, pod_images) else {
+    let Some(helper) = helper::choose_image(opts.helper_image, node, reusable) else {
         return Decision::Refuse {
-            reason: "the node lists no image the helper pod can reuse (no pause image, no \
-                     running pods); pass --helper-image with an image present on the node"
+            reason: "no image the helper pod can reuse is known on the node (no node lists a \
+                     pause image, no pods run there); pass --helper-image with an image present \
+                     on the node"
                 .into(),
         };
     };
@@ -240,7 +252,7 @@ mod tests {
         let d = decide(
             &archive,
             &node("n1", "amd64", true, "containerd://1.7.2"),
-            &[],
+            &helper::Reusable::default(),
             &opts(false),
         );
         let Decision::Load {
@@ -264,10 +276,10 @@ mod tests {
         let (_dir, archive) = archive("linux/amd64");
         let n = node("n1", "amd64", false, "containerd://1.7.2");
         assert!(
-            matches!(decide(&archive, &n, &[], &opts(false)), Decision::Refuse { reason } if reason.contains("--skip-unready"))
+            matches!(decide(&archive, &n, &helper::Reusable::default(), &opts(false)), Decision::Refuse { reason } if reason.contains("--skip-unready"))
         );
         assert!(matches!(
-            decide(&archive, &n, &[], &opts(true)),
+            decide(&archive, &n, &helper::Reusable::default(), &opts(true)),
             Decision::Skip { .. }
         ));
     }
@@ -278,7 +290,7 @@ mod tests {
         let d = decide(
             &archive,
             &node("n1", "amd64", true, "containerd://1.7.2"),
-            &[],
+            &helper::Reusable::default(),
             &opts(false),
         );
         assert!(
@@ -289,7 +301,7 @@ mod tests {
         let d = decide(
             &archive,
             &node("n1", "amd64", true, "cri-o://1.30.1"),
-            &[],
+            &helper::Reusable::default(),
             &opts(false),
         );
         assert!(
@@ -307,9 +319,19 @@ mod tests {
         let (_dir, archive) = archive_amd64();
         let mut n = node("n1", "amd64", true, "containerd://2.0.0");
         n.images.clear();
-        let d = decide(&archive, &n, &[], &opts(false));
+        let d = decide(&archive, &n, &helper::Reusable::default(), &opts(false));
         assert!(
             matches!(&d, Decision::Refuse { reason } if reason.contains("--helper-image")),
+            "{d:?}"
+        );
+        // A node whose list was cut at 50 images borrows the pause image other nodes list.
+        let elsewhere = helper::Reusable {
+            pause_elsewhere: Some("registry.k8s.io/pause:3.10"),
+            ..Default::default()
+        };
+        let d = decide(&archive, &n, &elsewhere, &opts(false));
+        assert!(
+            matches!(&d, Decision::Load { helper, .. } if helper.is_pause && helper.image.ends_with("pause:3.10")),
             "{d:?}"
         );
     }

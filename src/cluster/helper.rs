@@ -44,13 +44,27 @@ pub struct HelperImage {
     pub source: &'static str,
 }
 
+/// Images a node may hold besides what its own status lists: the kubelet lists at most 50
+/// images per node (`nodeStatusMaxImages`), largest first, so on a busy node the tiny pause
+/// image is the first to drop off the list.
+#[derive(Debug, Default)]
+pub struct Reusable<'a> {
+    /// Images of pods running on the node: certainly there.
+    pub running: &'a [String],
+    /// A pause image other nodes list: the same cluster almost always runs the same sandbox
+    /// image everywhere. A guess; with `imagePullPolicy: Never` a wrong one fails fast
+    /// (ErrImageNeverPull) and the error names `--helper-image`.
+    pub pause_elsewhere: Option<&'a str>,
+}
+
 /// Picks the helper's image for a node: the user's `--helper-image`, else a pause image
-/// the kubelet lists for the node, else an image of a pod running there. `None` means the
-/// node holds nothing we can reuse, and the error tells the user to pass `--helper-image`.
+/// the kubelet lists for the node, else an image of a pod running there, else a pause
+/// image other nodes list. `None` means nothing is known to be reusable, and the error
+/// tells the user to pass `--helper-image`.
 pub fn choose_image(
     user: Option<&str>,
     node: &NodeFacts,
-    running_pod_images: &[String],
+    reusable: &Reusable<'_>,
 ) -> Option<HelperImage> {
     if let Some(image) = user {
         return Some(HelperImage {
@@ -59,23 +73,34 @@ pub fn choose_image(
             source: "--helper-image",
         });
     }
-    let pause = node
-        .images
-        .iter()
-        .filter(|name| !name.contains("@sha256:"))
-        .find(|name| is_pause_name(name));
-    if let Some(image) = pause {
+    if let Some(image) = listed_pause(&node.images) {
         return Some(HelperImage {
-            image: image.clone(),
+            image: image.to_string(),
             is_pause: true,
             source: "pause image on the node",
         });
     }
-    running_pod_images.first().map(|image| HelperImage {
-        image: image.clone(),
-        is_pause: false,
-        source: "image of a pod running on the node",
+    if let Some(image) = reusable.running.first() {
+        return Some(HelperImage {
+            image: image.clone(),
+            is_pause: false,
+            source: "image of a pod running on the node",
+        });
+    }
+    reusable.pause_elsewhere.map(|image| HelperImage {
+        image: image.to_string(),
+        is_pause: true,
+        source: "pause image other nodes list (this node's image list is cut at 50)",
     })
+}
+
+/// The first pause image by name (not by digest: the pod spec needs a name) in `images`.
+pub fn listed_pause(images: &[String]) -> Option<&str> {
+    images
+        .iter()
+        .filter(|name| !name.contains("@sha256:"))
+        .find(|name| is_pause_name(name))
+        .map(String::as_str)
 }
 
 fn is_pause_name(name: &str) -> bool {
@@ -377,15 +402,30 @@ mod tests {
             "registry.k8s.io/pause@sha256:abc",
             "registry.k8s.io/pause:3.10",
         ]);
-        let chosen = choose_image(None, &n, &[]).unwrap();
+        let none = Reusable::default();
+        let chosen = choose_image(None, &n, &none).unwrap();
         assert_eq!(chosen.image, "registry.k8s.io/pause:3.10");
         assert!(chosen.is_pause);
-        let user = choose_image(Some("busybox:1"), &n, &[]).unwrap();
+        let user = choose_image(Some("busybox:1"), &n, &none).unwrap();
         assert_eq!(user.image, "busybox:1");
         assert!(!user.is_pause);
-        let fallback = choose_image(None, &node(&["x/app:1"]), &["x/app:1".into()]).unwrap();
+        let running = ["x/app:1".to_string()];
+        let both = Reusable {
+            running: &running,
+            pause_elsewhere: Some("registry.k8s.io/pause:3.9"),
+        };
+        // A running pod's image is certain; another node's pause image only likely.
+        let fallback = choose_image(None, &node(&["x/app:1"]), &both).unwrap();
+        assert_eq!(fallback.image, "x/app:1");
         assert!(!fallback.is_pause);
-        assert!(choose_image(None, &node(&[]), &[]).is_none());
+        let elsewhere = Reusable {
+            pause_elsewhere: Some("registry.k8s.io/pause:3.9"),
+            ..Default::default()
+        };
+        let guessed = choose_image(None, &node(&["x/big:1"]), &elsewhere).unwrap();
+        assert_eq!(guessed.image, "registry.k8s.io/pause:3.9");
+        assert!(guessed.is_pause);
+        assert!(choose_image(None, &node(&[]), &none).is_none());
         assert!(!is_pause_name("docker.io/library/pause-not:1"));
         assert!(is_pause_name("localhost:5000/pause"));
     }

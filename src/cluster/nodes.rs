@@ -1,5 +1,7 @@
 //! Node selection (`--nodes`, `--selector`) and the facts the plan needs about each node.
 
+use std::collections::BTreeMap;
+
 use anyhow::{Result, bail};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
@@ -86,6 +88,30 @@ impl NodeFacts {
 
 /// Resolves the user's selection to nodes; names that do not exist and selectors that
 /// match nothing are errors, since loading "no nodes" is never what was meant.
+/// The pause image most nodes list, if any does: the fallback for a node whose own image
+/// list was cut short (helper::Reusable). Errors count as "none": it is only a fallback.
+pub async fn pause_listed_anywhere(client: &kube::Client) -> Option<String> {
+    let api: Api<Node> = Api::all(client.clone());
+    let list = api.list(&ListParams::default()).await.ok()?;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for node in list.items {
+        let names: Vec<String> = node
+            .status
+            .and_then(|s| s.images)
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|i| i.names.unwrap_or_default())
+            .collect();
+        if let Some(pause) = crate::cluster::helper::listed_pause(&names) {
+            *counts.entry(pause.to_string()).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .map(|(name, _)| name)
+}
+
 pub async fn select(client: &kube::Client, selection: &NodeSelection) -> Result<Vec<NodeFacts>> {
     let api: Api<Node> = Api::all(client.clone());
     let nodes = match selection {
