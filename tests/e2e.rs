@@ -7,7 +7,7 @@ mod util;
 use std::process::Stdio;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::{Value, json};
 use util::*;
@@ -530,6 +530,90 @@ async fn a_rebuilt_image_sends_only_the_layers_a_node_lacks() {
             "--force reused layers: {forced}"
         );
     }
+}
+
+/// The image names `node` reports in its status.
+async fn listed_images(client: &kube::Client, node: &str) -> Vec<String> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = nodes.get(node).await.unwrap();
+    node.status
+        .and_then(|s| s.images)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|i| i.names.unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_status_no_longer_lists_the_pause_image_still_loads() {
+    // node-c's kubelet lists only its largest image (tests/cluster/README.md), as a busy
+    // node's list is cut at 50: once it holds anything bigger, pause is off its list.
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let namespace = TestNamespace::new(&client, "sl-helpers").await;
+    let ns = namespace.name.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let image = |name: &str| {
+        let reference = format!("sideload.test/{name}:{}", unique("v"));
+        let tar = dir.path().join(format!("{name}.tar"));
+        make_image(&reference, &tar, &["--layer-mib", "2"]);
+        (reference, tar.to_string_lossy().into_owned())
+    };
+    let (_, bigger) = image("bigger");
+    let out = sideload(&[&bigger, "--nodes", "node-c", "--helper-namespace", ns]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let is_pause = |n: &String| n.contains("/pause:");
+    let mut listed = listed_images(&client, "node-c").await;
+    // The kubelet refreshes its image list every 30 s and reports it within 10 s more.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while listed.iter().any(is_pause) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        listed = listed_images(&client, "node-c").await;
+    }
+    assert!(
+        !listed.iter().any(is_pause),
+        "node-c still lists the pause image: {listed:?}"
+    );
+    assert!(
+        node_images("node-c")
+            .iter()
+            .any(|n| n == "registry.k8s.io/pause:3.10"),
+        "the pause image should still be on node-c"
+    );
+
+    let (reference, tar) = image("unlisted");
+    let plan = sideload(&[
+        &tar,
+        "--nodes",
+        "node-c",
+        "--dry-run",
+        "--helper-namespace",
+        ns,
+    ]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let text = stdout(&plan);
+    assert!(
+        !text.contains("(pause image on the node)")
+            && (text.contains("pause image other nodes list")
+                || text.contains("image of a pod running on the node")),
+        "{text}"
+    );
+    let out = sideload(&[
+        &tar,
+        "--nodes",
+        "node-c",
+        "--helper-namespace",
+        ns,
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        statuses(&json_out(&out)),
+        [("node-c".to_string(), "loaded".to_string())]
+    );
+    let logs = run_pod_on(&client, "default", "node-c", &reference).await;
+    assert!(logs.contains("hello from"), "log was {logs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -90,7 +90,7 @@ pub fn choose_image(
     reusable.pause_elsewhere.map(|image| HelperImage {
         image: image.to_string(),
         is_pause: true,
-        source: "pause image other nodes list (this node's image list is cut at 50)",
+        source: "pause image other nodes list; this node's own list is cut short",
     })
 }
 
