@@ -159,10 +159,7 @@ async fn import(
     bar: &ProgressBar,
 ) -> Result<Outcome> {
     let Decision::Load {
-        platform,
-        digest,
-        bytes,
-        ..
+        platform, digest, ..
     } = &plan.decision
     else {
         unreachable!("only Load decisions reach import");
@@ -196,7 +193,8 @@ async fn import(
     // Layers the node's content store already holds (the unchanged base of a rebuilt
     // image, sideloaded before) stay out of the stream: `ctr import` takes them from the
     // store. `--force` sends everything, the way out if the store lost a blob meanwhile.
-    let image = run.archive.image_for(platform)?;
+    // Owned, for the writer thread below (the archive accepts a copy of its own image).
+    let image = run.archive.image_for(platform)?.clone();
     let skip: HashSet<String> = if run.force {
         HashSet::new()
     } else {
@@ -215,11 +213,7 @@ async fn import(
             .filter(|d| have.contains(d))
             .collect()
     };
-    let len = if skip.is_empty() {
-        *bytes
-    } else {
-        run.archive.oci_len(image, &skip)?
-    };
+    let len = run.archive.oci_len(&image, &skip)?;
     tracing::debug!(node = %plan.node.name, reused = skip.len(), len, "checked what the node has");
     bar.set_message(if skip.is_empty() {
         "sending".to_string()
@@ -229,19 +223,15 @@ async fn import(
     bar.set_length(len);
     let argv = containerd::import_argv(&located, len, &platform.to_string());
     let archive = Arc::clone(&run.archive);
-    let want = platform.clone();
     let counter = bar.clone();
     let reused = skip.len();
     let (out, written) = exec::run_with_input(pods, pod, helper::on_host(argv), move |w| {
-        let image = archive
-            .image_for(&want)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         let mut counting = Counting {
             inner: w,
             bar: counter,
         };
         archive
-            .write_oci(image, &skip, &mut counting)
+            .write_oci(&image, &skip, &mut counting)
             .map_err(|e| io::Error::other(e.to_string()))
     })
     .await?;

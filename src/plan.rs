@@ -67,25 +67,26 @@ impl Plan {
                  with a tag, e.g. `docker save app:v2 -o app.tar`"
             );
         }
+        // Nodes that list no pause image need a fallback (helper::Reusable); the API is
+        // asked only for those, and the cluster-wide pause image only once.
+        let unlisted = |node: &NodeFacts| {
+            opts.helper_image.is_none() && helper::listed_pause(&node.images).is_none()
+        };
+        let pause_elsewhere = if nodes.iter().any(unlisted) {
+            nodes::pause_listed_anywhere(client).await
+        } else {
+            None
+        };
         let mut planned = Vec::with_capacity(nodes.len());
-        // Looked up only for nodes that list no pause image, once per run.
-        let mut pause_elsewhere: Option<Option<String>> = None;
         for node in nodes {
-            let (running, elsewhere) =
-                if opts.helper_image.is_none() && helper::listed_pause(&node.images).is_none() {
-                    if pause_elsewhere.is_none() {
-                        pause_elsewhere = Some(nodes::pause_listed_anywhere(client).await);
-                    }
-                    (
-                        running_images(client, &node.name).await,
-                        pause_elsewhere.clone().flatten(),
-                    )
-                } else {
-                    (Vec::new(), None)
-                };
+            let running = if unlisted(&node) {
+                running_images(client, &node.name).await
+            } else {
+                Vec::new()
+            };
             let reusable = helper::Reusable {
                 running: &running,
-                pause_elsewhere: elsewhere.as_deref(),
+                pause_elsewhere: pause_elsewhere.as_deref(),
             };
             let decision = decide(archive, &node, &reusable, opts);
             planned.push(NodePlan { node, decision });

@@ -264,14 +264,19 @@ pub fn docker_archive(img: &TestImage, repo_tags: &[&str]) -> Members {
     );
     m.file(
         "manifest.json",
-        serde_json::to_vec(&json!([{
-            "Config": config_path,
-            "RepoTags": repo_tags,
-            "Layers": layer_paths,
-        }]))
-        .unwrap(),
+        docker_manifest(&config_path, repo_tags, &layer_paths),
     );
     m
+}
+
+/// A docker-archive `manifest.json` naming one image.
+fn docker_manifest(config_path: &str, repo_tags: &[&str], layer_paths: &[String]) -> Vec<u8> {
+    serde_json::to_vec(&json!([{
+        "Config": config_path,
+        "RepoTags": repo_tags,
+        "Layers": layer_paths,
+    }]))
+    .unwrap()
 }
 
 /// skopeo `docker-archive:`: layers named `<hex>.tar`, config `<hex>.json`, manifest first.
@@ -285,12 +290,7 @@ pub fn skopeo_docker_archive(img: &TestImage, repo_tags: &[&str]) -> Members {
     let mut m = Members::default();
     m.file(
         "manifest.json",
-        serde_json::to_vec(&json!([{
-            "Config": config_path,
-            "RepoTags": repo_tags,
-            "Layers": layer_paths,
-        }]))
-        .unwrap(),
+        docker_manifest(&config_path, repo_tags, &layer_paths),
     );
     m.file(&config_path, img.config.clone());
     for (p, l) in layer_paths.iter().zip(&img.layers) {

@@ -11,7 +11,6 @@ use crate::cli::KubeArgs;
 pub struct Cluster {
     pub client: Client,
     /// `-n`, else the context's namespace, else `default` (as kubectl does).
-    #[allow(dead_code)] // read by --workload, which comes next
     pub namespace: String,
 }
 
