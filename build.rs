@@ -1,7 +1,32 @@
-//! Records the git commit the binary was built from, for `--version`.
+//! Build script: records the git commit for `--version`, and builds the node agent
+//! (agent/) as a static musl binary for every node architecture, to be embedded.
+//!
+//! Why a nested `cargo build` here rather than a separate step: `cargo install --path .`
+//! and a plain `cargo build` must produce a plugin that works, and the agent must be built
+//! for the nodes' architectures, not the plugin's. Cargo has no stable way to depend on a
+//! binary built for another target (artifact dependencies are unstable), so this script
+//! runs cargo for the agent itself, in its own target directory (no lock shared with the
+//! outer build), with the workspace's `agent` profile.
+//!
+//! `SIDELOAD_AGENT_DIR=DIR` skips the build and embeds `DIR/sideload-agent-<arch>` instead
+//! (scripts/release builds the agents once for all platforms). A target that cannot be
+//! built (its rustup target is not installed) is embedded as empty, with a warning: the
+//! plugin then refuses nodes of that architecture, naming the missing target.
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Node architectures (Kubernetes `kubernetes.io/arch`) and their Rust targets.
+const AGENT_TARGETS: &[(&str, &str)] = &[
+    ("amd64", "x86_64-unknown-linux-musl"),
+    ("arm64", "aarch64-unknown-linux-musl"),
+];
+
 fn main() {
+    git_commit();
+    agents();
+}
+
+fn git_commit() {
     let commit = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()
@@ -24,4 +49,99 @@ fn main() {
     println!("cargo:rustc-env=SIDELOAD_GIT_COMMIT={commit}");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/index");
+}
+
+fn agents() {
+    let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(env("OUT_DIR"));
+    println!("cargo:rerun-if-env-changed=SIDELOAD_AGENT_DIR");
+    println!("cargo:rerun-if-changed=agent/src");
+    println!("cargo:rerun-if-changed=agent/Cargo.toml");
+    println!("cargo:rerun-if-changed=Cargo.lock");
+    let prebuilt = std::env::var_os("SIDELOAD_AGENT_DIR").map(PathBuf::from);
+    for (arch, target) in AGENT_TARGETS {
+        let embedded = out_dir.join(format!("sideload-agent-{arch}"));
+        let bytes = match &prebuilt {
+            Some(dir) => {
+                let path = dir.join(format!("sideload-agent-{arch}"));
+                std::fs::read(&path).unwrap_or_else(|e| {
+                    panic!("SIDELOAD_AGENT_DIR: cannot read {}: {e}", path.display())
+                })
+            }
+            None => build_agent(&manifest_dir, target).unwrap_or_else(|why| {
+                println!(
+                    "cargo:warning=no node agent for {arch} nodes ({why}); \
+                     `rustup target add {target}` and build again to support them"
+                );
+                Vec::new()
+            }),
+        };
+        std::fs::write(&embedded, bytes).expect("writing the embedded agent");
+    }
+}
+
+/// Builds the agent for `target`, returning the binary's bytes.
+fn build_agent(manifest_dir: &Path, target: &str) -> Result<Vec<u8>, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir.join("target"))
+        .join("agent");
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(manifest_dir)
+        .args([
+            "build",
+            "--package",
+            "sideload-agent",
+            "--bin",
+            "sideload-agent",
+        ])
+        .args(["--profile", "agent", "--target", target])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // The outer build's settings are for the plugin's target, not the agent's.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
+        cmd.env_remove(var);
+    }
+    // Paths remapped, so the agent's bytes (and the plugin's hash) do not depend on where
+    // the tree or the cargo home lives: release builds are reproducible.
+    let cargo_home = std::env::var("CARGO_HOME")
+        .ok()
+        .or_else(|| std::env::var("HOME").ok().map(|h| format!("{h}/.cargo")))
+        .unwrap_or_default();
+    cmd.env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        format!(
+            "--remap-path-prefix={}=kubectl-sideload\x1f--remap-path-prefix={cargo_home}=cargo",
+            manifest_dir.display()
+        ),
+    );
+    // The toolchain's own lld links static musl binaries for any target: no cross C
+    // toolchain is needed.
+    let linker_var = format!(
+        "CARGO_TARGET_{}_LINKER",
+        target.to_uppercase().replace('-', "_")
+    );
+    if std::env::var_os(&linker_var).is_none() {
+        cmd.env(&linker_var, "rust-lld");
+    }
+    let output = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last: Vec<&str> = stderr.lines().rev().take(3).collect();
+        return Err(last.into_iter().rev().collect::<Vec<_>>().join(" | "));
+    }
+    let binary = target_dir.join(target).join("agent").join("sideload-agent");
+    std::fs::read(&binary).map_err(|e| format!("cannot read {}: {e}", binary.display()))
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("cargo sets {name}"))
 }

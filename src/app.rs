@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::CommandFactory;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::Api;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +19,8 @@ use crate::cli::{
     CleanupArgs, Cli, Command, CompletionArgs, DryRun, InspectArgs, KubeArgs, LoadArgs,
     NodeSelection, Output,
 };
-use crate::cluster::{client, helper, nodes};
+use crate::cluster::nodes::{self, NodeFacts};
+use crate::cluster::{agent, client, helper};
 use crate::load::{self, Status};
 use crate::plan::{self, Decision, Plan};
 use crate::progress::Progress;
@@ -59,6 +60,9 @@ async fn open_archive(arg: &str) -> Result<Archive> {
 
 async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
     let mut selection = args.node_selection().map_err(|e| anyhow!(e))?;
+    // Only names the user typed make an unfit node an error; "all", a selector or the
+    // nodes DaemonSets run on skip it and load the rest.
+    let named = matches!(selection, NodeSelection::Names(_));
     let archive_arg = args
         .archive
         .clone()
@@ -67,9 +71,10 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
     let summary = archive.summary();
 
     let cluster = client::connect(kube).await?;
-    // Workloads before nodes and pods: a missing workload or container fails with nothing
-    // changed, and DaemonSets decide the default nodes.
-    let stage = workload_stage(&args, &cluster, summary, &archive_arg).await?;
+    let all_nodes = nodes::list_all(&cluster.client).await?;
+    // Workloads before pods: a missing workload or container fails with nothing changed,
+    // and DaemonSets decide the default nodes.
+    let stage = workload_stage(&args, &cluster, summary, &archive_arg, &all_nodes).await?;
     if !args.nodes_chosen()
         && let Some(names) = stage.as_ref().and_then(workload::Stage::daemonset_nodes)
     {
@@ -81,20 +86,23 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         }
         selection = NodeSelection::Names(names);
     }
-    let nodes = nodes::select(&cluster.client, &selection).await?;
+    let chosen = nodes::select(&cluster.client, &all_nodes, &selection).await?;
+    let every: Vec<NodeFacts> = all_nodes.iter().map(NodeFacts::from_node).collect();
     let run_id = run_id();
     let plan = Plan::build(
-        &cluster.client,
         &archive,
-        nodes,
+        chosen,
+        &every,
         &plan::Options {
             helper_namespace: &args.helper_namespace,
             helper_image: args.helper_image.as_deref(),
             skip_unready: args.skip_unready,
             run_id: &run_id,
+            named,
+            runtime: args.runtime,
+            runtime_endpoint: args.runtime_endpoint.as_deref(),
         },
-    )
-    .await?;
+    )?;
 
     let planned = loading(&plan);
     let placement = stage.as_ref().map(|s| s.check(&planned));
@@ -122,6 +130,12 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
     if let Some(refusals) = plan.refusals() {
         bail!("nothing was changed; these nodes cannot be loaded:\n{refusals}");
     }
+    if !plan.loads_any() && !plan.nodes.is_empty() && plan.skips_are_unfit() {
+        bail!(
+            "nothing was changed; no selected node can take this image:\n{}",
+            plan.skips()
+        );
+    }
     if let Some(Err(err)) = placement {
         return Err(err);
     }
@@ -136,10 +150,16 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         cancel: CancellationToken::new(),
         progress: progress.clone(),
     };
+    let configmaps: Api<ConfigMap> =
+        Api::namespaced(cluster.client.clone(), &plan.helper_namespace);
     let mut signals = Signals::listen();
-    let execute = load::execute(&run, &plan);
+    let execute = async {
+        // The agent's ConfigMaps first: the helper pods mount them.
+        agent::create_configmaps(&configmaps, &plan.run_id, &plan.architectures(), false).await?;
+        Ok::<_, anyhow::Error>(load::execute(&run, &plan).await)
+    };
     tokio::pin!(execute);
-    let results = tokio::select! {
+    let executed = tokio::select! {
         results = &mut execute => results,
         signal = signals.recv() => {
             progress.println(&format!(
@@ -155,13 +175,21 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
             let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &plan.helper_namespace);
             if unwound {
                 let _ = helper::sweep(&pods, Some(&plan.run_id), Duration::ZERO).await;
+                let _ = agent::delete_configmaps(&configmaps, Some(&plan.run_id)).await;
             }
-            let left = helper::list(&pods, Some(&plan.run_id)).await.unwrap_or_default();
+            let mut left = helper::list(&pods, Some(&plan.run_id)).await.unwrap_or_default();
+            left.extend(
+                agent::list_configmaps(&configmaps, Some(&plan.run_id))
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| format!("configmap/{c}")),
+            );
             if left.is_empty() {
                 eprintln!("interrupted; no helper pod left behind");
             } else {
                 eprintln!(
-                    "interrupted; helper pods remain: {}\nrun `kubectl sideload cleanup \
+                    "interrupted; helper objects remain: {}\nrun `kubectl sideload cleanup \
                      --helper-namespace {}`",
                     left.join(", "),
                     plan.helper_namespace
@@ -170,6 +198,14 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(INTERRUPTED));
         }
     };
+    let removed = agent::delete_configmaps(&configmaps, Some(&plan.run_id)).await;
+    let results = executed?;
+    if let Err(err) = removed {
+        eprintln!(
+            "warning: {err:#}; run `kubectl sideload cleanup --helper-namespace {}`",
+            plan.helper_namespace
+        );
+    }
 
     let failed = results
         .iter()
@@ -249,6 +285,7 @@ async fn workload_stage(
     cluster: &client::Cluster,
     summary: &Summary,
     archive_arg: &str,
+    all_nodes: &[Node],
 ) -> Result<Option<workload::Stage>> {
     if args.workload.is_empty() {
         return Ok(None);
@@ -268,10 +305,9 @@ async fn workload_stage(
         args.pull_policy,
     )
     .await?;
-    let nodes = workload::list_nodes(&cluster.client).await?;
     Ok(Some(workload::Stage {
         workloads,
-        nodes,
+        nodes: all_nodes.to_vec(),
         label_key: workload::placement::label_key(&summary.digest),
         opts: workload::Options {
             constrain: args.constrain,
@@ -301,6 +337,12 @@ async fn dry_run(
         patch_errors = stage.server_dry_run(client).await;
     }
     if mode == DryRun::Server {
+        let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &plan.helper_namespace);
+        if let Err(err) =
+            agent::create_configmaps(&configmaps, &plan.run_id, &plan.architectures(), true).await
+        {
+            admission_errors.push(format!("  the agent's ConfigMap: {err:#}"));
+        }
         let pods: Api<Pod> = Api::namespaced(client.clone(), &plan.helper_namespace);
         for pod in plan.pods() {
             if let Err(err) = helper::create(&pods, pod, true).await {
@@ -336,6 +378,12 @@ async fn dry_run(
     let mut problems = Vec::new();
     if let Some(refusals) = plan.refusals() {
         problems.push(format!("these nodes cannot be loaded:\n{refusals}"));
+    }
+    if !plan.loads_any() && plan.skips_are_unfit() {
+        problems.push(format!(
+            "no selected node can take this image:\n{}",
+            plan.skips()
+        ));
     }
     if !admission_errors.is_empty() {
         problems.push(format!(
@@ -418,17 +466,28 @@ async fn cleanup(kube: &KubeArgs, args: CleanupArgs) -> Result<ExitCode> {
         // until the namespace stays empty for a second.
         helper::sweep(&pods, None, Duration::from_secs(1)).await?
     };
-    if names.is_empty() {
+    let configmaps: Api<ConfigMap> =
+        Api::namespaced(cluster.client.clone(), &args.helper_namespace);
+    let maps = if args.dry_run {
+        agent::list_configmaps(&configmaps, None).await?
+    } else {
+        agent::delete_configmaps(&configmaps, None).await?
+    };
+    if names.is_empty() && maps.is_empty() {
         print_stdout(&format!(
             "no helper pods in namespace {}\n",
             args.helper_namespace
         ));
     }
-    for name in &names {
+    let objects = names
+        .iter()
+        .map(|n| format!("pod/{n}"))
+        .chain(maps.iter().map(|m| format!("configmap/{m}")));
+    for object in objects {
         if args.dry_run {
-            print_stdout(&format!("pod/{name} would be deleted (dry run)\n"));
+            print_stdout(&format!("{object} would be deleted (dry run)\n"));
         } else {
-            print_stdout(&format!("pod/{name} deleted\n"));
+            print_stdout(&format!("{object} deleted\n"));
         }
     }
     if args.labels {

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::model::{NodeSelection, PullPolicy, RuntimeKind};
+
 const EXAMPLES: &str = "\
 Examples:
   # Load an image into every node of the cluster
@@ -65,7 +67,7 @@ pub struct Cli {
 pub enum Command {
     /// Show the images, platforms and layers inside an archive (no cluster needed)
     Inspect(InspectArgs),
-    /// Delete helper pods left behind by interrupted runs
+    /// Delete helper pods and agent ConfigMaps left behind by interrupted runs
     Cleanup(CleanupArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell)
     Completion(CompletionArgs),
@@ -125,10 +127,20 @@ pub struct LoadArgs {
     #[arg(long, value_name = "NAMESPACE", default_value = "kube-system")]
     pub helper_namespace: String,
 
-    /// Image for the helper pods. By default an image already on each node is reused (the
-    /// pod sandbox "pause" image), so nothing is ever pulled
+    /// Image the helper pods start from. Any image present on the node will do: the
+    /// helper runs the plugin's own agent, never the image's programs. By default one the
+    /// node already holds is picked (its pause image first), so nothing is ever pulled
     #[arg(long, value_name = "IMAGE")]
     pub helper_image: Option<String>,
+
+    /// The container runtime of every selected node, instead of what the nodes report
+    #[arg(long, value_enum, value_name = "RUNTIME")]
+    pub runtime: Option<RuntimeKind>,
+
+    /// The runtime's socket on every selected node (e.g. unix:///run/containerd/containerd.sock),
+    /// instead of the kubelet's containerRuntimeEndpoint or the well-known paths
+    #[arg(long, value_name = "ENDPOINT")]
+    pub runtime_endpoint: Option<String>,
 
     /// Give up on a node whose helper pod is not running after this long
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
@@ -267,28 +279,6 @@ pub enum DryRun {
     Server,
 }
 
-/// `--pull-policy`: `Always` is not offered, since it would pull instead of using the
-/// sideloaded image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PullPolicy {
-    /// Use the node's image; pull only where it is missing
-    #[value(name = "IfNotPresent")]
-    IfNotPresent,
-    /// Use the node's image; never pull (pods fail with ErrImageNeverPull where it is missing)
-    #[value(name = "Never")]
-    Never,
-}
-
-impl PullPolicy {
-    /// The value Kubernetes expects in `imagePullPolicy`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PullPolicy::IfNotPresent => "IfNotPresent",
-            PullPolicy::Never => "Never",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
@@ -326,14 +316,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     Ok(Duration::from_secs(total))
-}
-
-/// Which nodes the user asked for, validated but not yet resolved against the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NodeSelection {
-    All,
-    Names(Vec<String>),
-    Selector(String),
 }
 
 impl LoadArgs {

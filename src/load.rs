@@ -1,25 +1,29 @@
-//! Executing a plan: for every node to load, in parallel (bounded), helper pod up → find
-//! the runtime → skip if already there → stream and import → verify → helper pod down.
-//! One node's failure never stops the others; each ends with a `NodeResult`.
+//! Executing a plan: for every node to load, in parallel (bounded), helper pod up (the next
+//! candidate image if one is gone) → locate the runtime → skip if the image is already
+//! there, complete → stream and import what the node lacks → verify → helper pod down.
+//! Runtime-agnostic: every runtime is driven through `runtime::Adapter`. One node's failure
+//! never stops the others; each ends with a `NodeResult`.
 
-use std::collections::HashSet;
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
 use indicatif::ProgressBar;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use serde::Serialize;
+use sideload_agent::protocol;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archive;
-use crate::cluster::{exec, helper};
+use crate::cluster::agent::Agent;
+use crate::cluster::helper::{self, HelperSpec, Started};
 use crate::plan::{Decision, NodePlan, Plan};
 use crate::progress::Progress;
-use crate::runtime::{Runtime, containerd};
+use crate::runtime::{Inventory, Located, Wanted};
+use crate::transfer::Transfer;
 
 /// How one node ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -35,11 +39,16 @@ pub struct NodeResult {
     pub name: String,
     pub status: Status,
     pub bytes_sent: u64,
-    /// Layers not sent because the node already held them (see `import`).
+    /// Layers not sent because the node already held them.
     pub layers_reused: usize,
     pub seconds: f64,
     /// Why it was skipped or failed.
     pub error: Option<String>,
+    /// The runtime as found on the node, and what vouched for the image there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_by: Option<String>,
 }
 
 /// Settings of a run that every node shares.
@@ -60,209 +69,265 @@ pub struct Run {
 pub async fn execute(run: &Run, plan: &Plan) -> Vec<NodeResult> {
     let pods: Api<Pod> = Api::namespaced(run.client.clone(), &plan.helper_namespace);
     futures::stream::iter(plan.nodes.iter())
-        .map(|node| load_node(run, &pods, node))
+        .map(|node| load_node(run, &pods, plan, node))
         .buffered(run.parallel.max(1))
         .collect()
         .await
 }
 
-async fn load_node(run: &Run, pods: &Api<Pod>, plan: &NodePlan) -> NodeResult {
-    let name = plan.node.name.clone();
+/// What happened on a node that went well.
+enum Outcome {
+    Loaded { sent: u64, reused: usize },
+    AlreadyThere,
+}
+
+/// What a node's steps learnt, for the report, whatever the outcome.
+#[derive(Default)]
+struct Seen {
+    runtime: Option<String>,
+    verified_by: Option<String>,
+}
+
+async fn load_node(run: &Run, pods: &Api<Pod>, plan: &Plan, node: &NodePlan) -> NodeResult {
     let started = Instant::now();
-    let result = |status, (bytes_sent, layers_reused), error| NodeResult {
-        name: name.clone(),
+    let mut seen = Seen::default();
+    let result = |status, (bytes_sent, layers_reused), error, seen: Seen| NodeResult {
+        name: node.node.name.clone(),
         status,
         bytes_sent,
         layers_reused,
         seconds: started.elapsed().as_secs_f64(),
         error,
+        runtime: seen.runtime,
+        verified_by: seen.verified_by,
     };
-    match &plan.decision {
+    match &node.decision {
         Decision::Skip { reason } | Decision::Refuse { reason } => {
-            return result(Status::Skipped, (0, 0), Some(reason.clone()));
+            return result(Status::Skipped, (0, 0), Some(reason.clone()), seen);
         }
         Decision::Load { .. } => {}
     }
-    let bar = run.progress.node_bar(&name);
-    let outcome = with_helper(run, pods, plan, &bar).await;
+    let bar = run.progress.node_bar(&node.node.name);
+    let outcome = with_helper(run, pods, plan, node, &bar, &mut seen).await;
     match outcome {
         Ok(Outcome::Loaded { sent, reused }) => {
             bar.finish_with_message("loaded");
-            result(Status::Loaded, (sent, reused), None)
+            result(Status::Loaded, (sent, reused), None, seen)
         }
         Ok(Outcome::AlreadyThere) => {
             bar.finish_with_message("already present");
             result(
                 Status::Skipped,
                 (0, 0),
-                Some("already present with the same digest (use --force to re-import)".into()),
+                Some(
+                    "already present, complete, with the same digest (use --force to re-import)"
+                        .into(),
+                ),
+                seen,
             )
         }
         Err(err) => {
             bar.abandon_with_message("failed");
-            result(Status::Failed, (0, 0), Some(format!("{err:#}")))
+            result(Status::Failed, (0, 0), Some(format!("{err:#}")), seen)
         }
     }
 }
 
-enum Outcome {
-    /// Bytes streamed, and layers left out because the node had them.
-    Loaded {
-        sent: u64,
-        reused: usize,
-    },
-    AlreadyThere,
-}
-
-/// Runs the node's steps inside a helper pod and always removes the pod afterwards.
+/// Starts a helper pod (trying the next candidate image while one cannot be used), runs
+/// the node's steps in it and always removes it afterwards.
 async fn with_helper(
     run: &Run,
     pods: &Api<Pod>,
-    plan: &NodePlan,
+    plan: &Plan,
+    node: &NodePlan,
     bar: &ProgressBar,
-) -> Result<Outcome> {
-    let Decision::Load { pod, .. } = &plan.decision else {
-        unreachable!("only Load decisions reach with_helper");
-    };
-    if run.cancel.is_cancelled() {
-        bail!("interrupted before its helper pod was created");
-    }
-    bar.set_message("starting helper pod");
-    // Not raced against `cancel`: once the API has the create, we must learn the pod's name
-    // to delete it.
-    let name = helper::create(pods, pod, false).await?;
-    tracing::debug!(node = %plan.node.name, pod = %name, "helper pod created");
-    let work = async {
-        helper::wait_running(pods, &name, run.helper_timeout).await?;
-        tracing::debug!(node = %plan.node.name, "helper pod running");
-        import(run, pods, &name, plan, bar).await
-    };
-    let outcome = tokio::select! {
-        outcome = work => outcome,
-        () = run.cancel.cancelled() => Err(anyhow::anyhow!("interrupted")),
-    };
-    bar.set_message("removing helper pod");
-    let removed = helper::delete(pods, &name, Duration::from_secs(30)).await;
-    tracing::debug!(node = %plan.node.name, "helper pod deleted");
-    let outcome = outcome?;
-    removed.with_context(|| {
-        format!("could not delete helper pod {name}; run `kubectl sideload cleanup`")
-    })?;
-    Ok(outcome)
-}
-
-async fn import(
-    run: &Run,
-    pods: &Api<Pod>,
-    pod: &str,
-    plan: &NodePlan,
-    bar: &ProgressBar,
+    seen: &mut Seen,
 ) -> Result<Outcome> {
     let Decision::Load {
-        platform, digest, ..
-    } = &plan.decision
+        candidates,
+        needs,
+        pod: first_pod,
+        ..
+    } = &node.decision
     else {
-        unreachable!("only Load decisions reach import");
+        unreachable!("only Load decisions reach with_helper");
     };
-    let Runtime::Containerd { flavour, .. } = &plan.node.runtime else {
-        bail!(
-            "{}",
-            plan.node.runtime.unsupported_reason().unwrap_or_default()
-        );
-    };
-    let refs = &run.archive.summary().refs;
+    let mut unusable = Vec::new();
+    for (attempt, candidate) in candidates.iter().enumerate() {
+        if run.cancel.is_cancelled() {
+            bail!("interrupted before its helper pod was created");
+        }
+        let pod = if attempt == 0 {
+            first_pod.as_ref().clone()
+        } else {
+            helper::pod(&HelperSpec {
+                node: &node.node.name,
+                namespace: &plan.helper_namespace,
+                run_id: &plan.run_id,
+                image: &candidate.image,
+                arch: &node.node.platform.architecture,
+                needs: *needs,
+                attempt,
+            })
+        };
+        bar.set_message(format!("starting helper pod ({})", candidate.image));
+        // Not raced against `cancel`: once the API has the create, we must learn the pod's
+        // name to delete it.
+        let name = helper::create(pods, &pod, false).await?;
+        tracing::debug!(node = %node.node.name, pod = %name, image = %candidate.image, "helper pod created");
+        let work = async {
+            match helper::wait_running(pods, &name, run.helper_timeout).await? {
+                Started::Running => {
+                    tracing::debug!(node = %node.node.name, "helper pod running");
+                    let agent = Agent { pods, pod: &name };
+                    steps(run, &agent, node, bar, seen).await.map(Ok)
+                }
+                Started::ImageUnusable(why) => Ok::<_, anyhow::Error>(Err(why)),
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = work => outcome,
+            () = run.cancel.cancelled() => Err(anyhow!("interrupted")),
+        };
+        bar.set_message("removing helper pod");
+        let removed = helper::delete(pods, &name, Duration::from_secs(30)).await;
+        tracing::debug!(node = %node.node.name, pod = %name, "helper pod deleted");
+        let removed = removed.with_context(|| {
+            format!("could not delete helper pod {name}; run `kubectl sideload cleanup`")
+        });
+        match outcome {
+            Ok(Ok(done)) => {
+                removed?;
+                return Ok(done);
+            }
+            Ok(Err(why)) => {
+                tracing::debug!(node = %node.node.name, image = %candidate.image, %why, "helper image unusable, trying the next");
+                unusable.push(format!("{} ({why})", candidate.image));
+                removed?;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    bail!(
+        "no image the helper could start from is on the node; tried: {}; pass --helper-image \
+         with an image present on the node",
+        unusable.join("; ")
+    )
+}
 
-    bar.set_message("finding containerd");
-    let probe = containerd::probe_argv(*flavour, plan.node.runtime_endpoint.as_deref());
-    let out = exec::run(pods, pod, helper::on_host(probe))
-        .await?
-        .check("finding containerd and ctr on the node")?;
-    let located = containerd::parse_probe(&out.stdout).map_err(anyhow::Error::msg)?;
-    tracing::debug!(node = %plan.node.name, ?located, "found containerd");
-
-    let list = || async {
-        let out = exec::run(pods, pod, helper::on_host(containerd::list_argv(&located)))
-            .await?
-            .check("ctr images ls")?;
-        Ok::<_, anyhow::Error>(containerd::parse_images(&out.stdout))
+/// The node's steps, in its running helper.
+async fn steps(
+    run: &Run,
+    agent: &Agent<'_>,
+    node: &NodePlan,
+    bar: &ProgressBar,
+    seen: &mut Seen,
+) -> Result<Outcome> {
+    let Decision::Load { wanted, .. } = &node.decision else {
+        unreachable!("only Load decisions reach steps");
     };
-    if !run.force && containerd::missing_refs(&list().await?, refs, digest).is_empty() {
+    let adapter = node.node.runtime.adapter().map_err(|e| anyhow!(e))?;
+    let endpoint = node.node.runtime_endpoint.as_deref();
+
+    bar.set_message("finding the runtime");
+    let answer = agent
+        .query(&adapter.locate_query(endpoint), "locate")
+        .await?;
+    let mut located = adapter.locate(endpoint, &answer)?;
+    if let Some(query) = located.probe_query() {
+        let answer = agent.query(&query, "probe").await?;
+        located.configure(&answer)?;
+    }
+    seen.runtime = Some(located.describe());
+    tracing::debug!(node = %node.node.name, runtime = %located.describe(), "runtime located");
+
+    let before = inventory(agent, located.as_ref(), wanted).await?;
+    if !run.force && before.missing.is_empty() {
+        seen.verified_by = Some(before.checked_by);
         return Ok(Outcome::AlreadyThere);
     }
+    tracing::debug!(node = %node.node.name, missing = ?before.missing, present = before.layers_present.len(), "what the node lacks");
 
-    // Layers the node's content store already holds (the unchanged base of a rebuilt
-    // image, sideloaded before) stay out of the stream: `ctr import` takes them from the
-    // store. `--force` sends everything, the way out if the store lost a blob meanwhile.
-    // Owned, for the writer thread below (the archive accepts a copy of its own image).
-    let image = run.archive.image_for(platform)?.clone();
-    let skip: HashSet<String> = if run.force {
-        HashSet::new()
+    // Layers the node already holds (the unchanged base of a rebuilt image) stay out of the
+    // stream; the importer takes them from the node. `--force` sends everything.
+    let skip = if run.force {
+        Default::default()
     } else {
-        let out = exec::run(
-            pods,
-            pod,
-            helper::on_host(containerd::content_argv(&located)),
-        )
-        .await?
-        .check("ctr content ls")?;
-        let have = containerd::parse_content(&out.stdout);
-        image
-            .layers
-            .iter()
-            .map(|l| l.digest.clone())
-            .filter(|d| have.contains(d))
-            .collect()
+        before.layers_present
     };
-    let len = run.archive.oci_len(&image, &skip)?;
-    tracing::debug!(node = %plan.node.name, reused = skip.len(), len, "checked what the node has");
-    bar.set_message(if skip.is_empty() {
+    let image = run.archive.image_for(&node.node.platform)?.clone();
+    let transfer = Transfer::new(
+        Arc::clone(&run.archive),
+        image,
+        skip,
+        located.stream_refs(wanted),
+    )?;
+    let reused = transfer.reused();
+    bar.set_message(if reused == 0 {
         "sending".to_string()
     } else {
-        format!("sending (reusing {} layer(s) on the node)", skip.len())
+        format!("sending (reusing {reused} layer(s) on the node)")
     });
-    bar.set_length(len);
-    let argv = containerd::import_argv(&located, len, &platform.to_string());
-    let archive = Arc::clone(&run.archive);
+    bar.set_length(transfer.len());
+    let request = located.import(wanted, transfer.len());
     let counter = bar.clone();
-    let reused = skip.len();
-    let (out, written) = exec::run_with_input(pods, pod, helper::on_host(argv), move |w| {
-        let mut counting = Counting {
-            inner: w,
-            bar: counter,
+    let (out, written) = agent
+        .run(&request, move |w| {
+            let mut counting = Counting {
+                inner: w,
+                bar: counter,
+            };
+            transfer.write(&mut counting)
+        })
+        .await?;
+    tracing::debug!(node = %node.node.name, "stream sent and import finished");
+    if out.exit_code != 0 {
+        let err = match out.exit_code {
+            protocol::STREAM_SHORT => anyhow!(
+                "the stream to the node ended early ({}); nothing was imported",
+                out.stderr.trim()
+            ),
+            protocol::TIMED_OUT => anyhow!("the import on the node timed out and was stopped"),
+            _ => out.check("the import").unwrap_err(),
         };
-        archive
-            .write_oci(&image, &skip, &mut counting)
-            .map_err(|e| io::Error::other(e.to_string()))
-    })
-    .await?;
-    tracing::debug!(node = %plan.node.name, "stream sent and import finished");
-    bar.set_message("importing");
-    let out = out.check("ctr images import").map_err(|e| {
-        if reused > 0 {
-            e.context(format!(
-                "{reused} layer(s) were taken from the node's content store instead of sent; \
-                 if the store lost one meanwhile, run again with --force to send every layer"
+        return Err(if reused > 0 {
+            err.context(format!(
+                "{reused} layer(s) were taken from the node's store instead of sent; if the \
+                 store lost one meanwhile, run again with --force to send every layer"
             ))
         } else {
-            e
-        }
-    })?;
-    let sent = match written {
-        Ok(n) => n,
-        Err(e) => bail!("streaming the archive failed after the import ended: {e}"),
-    };
-    drop(out);
+            err
+        });
+    }
+    let sent =
+        written.map_err(|e| anyhow!("streaming the archive failed after the import ended: {e}"))?;
 
     bar.set_message("verifying");
-    let missing = containerd::missing_refs(&list().await?, refs, digest);
-    if !missing.is_empty() {
+    // CRI learns of an import from the runtime's events: give it a moment.
+    let mut after = inventory(agent, located.as_ref(), wanted).await?;
+    for _ in 0..10 {
+        if after.missing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        after = inventory(agent, located.as_ref(), wanted).await?;
+    }
+    if !after.missing.is_empty() {
         bail!(
-            "import finished but the runtime does not list the image: {}",
-            missing.join("; ")
+            "import finished but the runtime does not hold the image as it must: {}",
+            after.missing.join("; ")
         );
     }
-    tracing::debug!(node = %plan.node.name, "verified");
+    seen.verified_by = Some(after.checked_by);
+    tracing::debug!(node = %node.node.name, "verified");
     Ok(Outcome::Loaded { sent, reused })
+}
+
+async fn inventory(agent: &Agent<'_>, located: &dyn Located, wanted: &Wanted) -> Result<Inventory> {
+    let answer = agent
+        .query(&located.inventory_query(wanted), "inventory")
+        .await?;
+    located.inventory(wanted, &answer)
 }
 
 /// Counts bytes into the node's progress bar as they go out.

@@ -7,10 +7,12 @@ mod cli;
 mod cluster;
 mod complete;
 mod load;
+mod model;
 mod plan;
 mod progress;
 mod report;
 mod runtime;
+mod transfer;
 mod version;
 mod workload;
 

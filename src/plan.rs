@@ -1,16 +1,17 @@
-//! The plan: for each selected node, what will happen and why, resolved before anything on
-//! the cluster changes. `--dry-run` prints it and stops.
-
-use std::collections::HashSet;
+//! The plan: for each selected node, what will happen and why, decided from facts read
+//! before (cluster::nodes) and the archive, with no API call of its own. `--dry-run`
+//! prints it and stops.
 
 use anyhow::{Result, bail};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
 use serde::Serialize;
 
 use crate::archive::{Archive, Platform};
-use crate::cluster::helper::{self, HelperImage, HelperSpec};
-use crate::cluster::nodes::{self, NodeFacts};
+use crate::cluster::agent;
+use crate::cluster::helper::{self, HelperImage, HelperSpec, Needs};
+use crate::cluster::nodes::NodeFacts;
+use crate::model::RuntimeKind;
+use crate::runtime::Wanted;
 
 /// What the plugin will do on one node.
 #[derive(Debug, Clone, Serialize)]
@@ -20,12 +21,25 @@ pub enum Decision {
     Load {
         platform: Platform,
         digest: String,
+        /// The whole image; layers the node turns out to hold are left out.
         bytes: u64,
+        /// How the node's runtime will import it.
+        method: &'static str,
+        /// The first image the helper will start from; `candidates` lists the others tried
+        /// if it is gone.
         helper: HelperImage,
+        #[serde(skip)]
+        candidates: Vec<HelperImage>,
+        #[serde(skip)]
+        needs: Needs,
+        #[serde(skip)]
+        wanted: Box<Wanted>,
+        /// The helper pod for the first candidate (what `--dry-run -o yaml` shows).
         #[serde(skip)]
         pod: Box<Pod>,
     },
-    /// Left out on purpose (`--skip-unready`); not a failure.
+    /// Left out, not a failure: `--skip-unready`, or a node an implicit selection (all
+    /// nodes, a label selector) includes that cannot take the image.
     Skip { reason: String },
     /// Cannot be loaded; the run stops before changing anything.
     Refuse { reason: String },
@@ -51,14 +65,22 @@ pub struct Options<'a> {
     pub helper_image: Option<&'a str>,
     pub skip_unready: bool,
     pub run_id: &'a str,
+    /// The user named the nodes (`--nodes a,b`): a node that cannot take the image is an
+    /// error then, while an implicit selection skips it and loads the rest.
+    pub named: bool,
+    /// `--runtime`: the runtime every node is taken to run, instead of what it reports.
+    pub runtime: Option<RuntimeKind>,
+    /// `--runtime-endpoint`: the runtime socket on every node.
+    pub runtime_endpoint: Option<&'a str>,
 }
 
 impl Plan {
-    /// Decides every node. Reads pods only for nodes that list no pause image.
-    pub async fn build(
-        client: &kube::Client,
+    /// Decides every node. `all` is every node of the cluster (for helper image
+    /// candidates that other nodes list).
+    pub fn build(
         archive: &Archive,
         nodes: Vec<NodeFacts>,
+        all: &[NodeFacts],
         opts: &Options<'_>,
     ) -> Result<Plan> {
         if archive.summary().refs.is_empty() {
@@ -67,30 +89,19 @@ impl Plan {
                  with a tag, e.g. `docker save app:v2 -o app.tar`"
             );
         }
-        // Nodes that list no pause image need a fallback (helper::Reusable); the API is
-        // asked only for those, and the cluster-wide pause image only once.
-        let unlisted = |node: &NodeFacts| {
-            opts.helper_image.is_none() && helper::listed_pause(&node.images).is_none()
-        };
-        let pause_elsewhere = if nodes.iter().any(unlisted) {
-            nodes::pause_listed_anywhere(client).await
-        } else {
-            None
-        };
-        let mut planned = Vec::with_capacity(nodes.len());
-        for node in nodes {
-            let running = if unlisted(&node) {
-                running_images(client, &node.name).await
-            } else {
-                Vec::new()
-            };
-            let reusable = helper::Reusable {
-                running: &running,
-                pause_elsewhere: pause_elsewhere.as_deref(),
-            };
-            let decision = decide(archive, &node, &reusable, opts);
-            planned.push(NodePlan { node, decision });
-        }
+        let planned = nodes
+            .into_iter()
+            .map(|mut node| {
+                if let Some(kind) = opts.runtime {
+                    node.runtime = node.runtime.overridden(kind, &node.kubelet_version);
+                }
+                if let Some(endpoint) = opts.runtime_endpoint {
+                    node.runtime_endpoint = Some(endpoint.to_string());
+                }
+                let decision = decide(archive, &node, all, opts);
+                NodePlan { node, decision }
+            })
+            .collect();
         Ok(Plan {
             run_id: opts.run_id.to_string(),
             helper_namespace: opts.helper_namespace.to_string(),
@@ -111,7 +122,34 @@ impl Plan {
         (!lines.is_empty()).then(|| lines.join("\n"))
     }
 
-    /// The helper pods the run will create, in node order.
+    /// Whether any node will be loaded.
+    pub fn loads_any(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(n.decision, Decision::Load { .. }))
+    }
+
+    /// Whether every skipped node was skipped for not fitting (rather than NotReady with
+    /// --skip-unready, which the user asked for).
+    pub fn skips_are_unfit(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(&n.decision, Decision::Skip { reason } if reason != NOT_READY))
+    }
+
+    /// The skipped nodes, one line each.
+    pub fn skips(&self) -> String {
+        self.nodes
+            .iter()
+            .filter_map(|n| match &n.decision {
+                Decision::Skip { reason } => Some(format!("  {}: {reason}", n.node.name)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The helper pods the run will create first, in node order.
     pub fn pods(&self) -> Vec<&Pod> {
         self.nodes
             .iter()
@@ -121,18 +159,44 @@ impl Plan {
             })
             .collect()
     }
+
+    /// The node architectures of the nodes to load: one agent ConfigMap each.
+    pub fn architectures(&self) -> Vec<String> {
+        let mut archs: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.decision, Decision::Load { .. }))
+            .map(|n| n.node.platform.architecture.clone())
+            .collect();
+        archs.sort();
+        archs.dedup();
+        archs
+    }
 }
+
+const NOT_READY: &str = "node is NotReady";
 
 /// One node's decision, from facts alone (no I/O): pure, so every rule has a unit test.
 pub fn decide(
     archive: &Archive,
     node: &NodeFacts,
-    reusable: &helper::Reusable<'_>,
+    all: &[NodeFacts],
     opts: &Options<'_>,
 ) -> Decision {
+    // Not for this node, whatever the image: skipped in an implicit selection.
+    let unfit = |reason: String| {
+        if opts.named {
+            Decision::Refuse { reason }
+        } else {
+            Decision::Skip { reason }
+        }
+    };
+    if node.virtual_kubelet {
+        return unfit("virtual kubelet: it has no container runtime to load".into());
+    }
     if !node.ready {
-        let reason = "node is NotReady".to_string();
-        return if opts.skip_unready {
+        let reason = NOT_READY.to_string();
+        return if opts.skip_unready || !opts.named {
             Decision::Skip { reason }
         } else {
             Decision::Refuse {
@@ -140,34 +204,43 @@ pub fn decide(
             }
         };
     }
-    if let Some(reason) = node.runtime.unsupported_reason() {
-        return Decision::Refuse { reason };
+    if node.platform.os != "linux" {
+        return unfit(format!(
+            "{} node: only Linux nodes can be loaded",
+            node.platform.os
+        ));
+    }
+    let adapter = match node.runtime.adapter() {
+        Ok(adapter) => adapter,
+        Err(reason) => return unfit(reason),
+    };
+    if let Err(reason) = agent::binary(&node.platform.architecture) {
+        return unfit(reason);
     }
     let image = match archive.image_for(&node.platform) {
         Ok(image) => image,
         Err(err) => {
-            return Decision::Refuse {
-                reason: format!(
-                    "{err}; select matching nodes with -l kubernetes.io/arch={}",
-                    archive
-                        .summary()
-                        .images
-                        .iter()
-                        .find(|i| i.complete)
-                        .map_or("…".to_string(), |i| i.platform.architecture.clone())
-                ),
-            };
+            return unfit(format!(
+                "{err}; select matching nodes with -l kubernetes.io/arch={}",
+                archive
+                    .summary()
+                    .images
+                    .iter()
+                    .find(|i| i.complete)
+                    .map_or("…".to_string(), |i| i.platform.architecture.clone())
+            ));
         }
     };
-    let Some(helper) = helper::choose_image(opts.helper_image, node, reusable) else {
+    let candidates = helper::candidates(opts.helper_image, node, all);
+    let Some(first) = candidates.first().cloned() else {
         return Decision::Refuse {
-            reason: "no image the helper pod can reuse is known on the node (no node lists a \
-                     pause image, no pods run there); pass --helper-image with an image present \
-                     on the node"
+            reason: "no image is known to be on the node (it lists none, no pod runs there, and \
+                     no other node lists a pause image); pass --helper-image with any image \
+                     present on the node"
                 .into(),
         };
     };
-    let bytes = match archive.oci_len(image, &HashSet::new()) {
+    let bytes = match archive.oci_len(image, &Default::default()) {
         Ok(bytes) => bytes,
         Err(err) => {
             return Decision::Refuse {
@@ -175,39 +248,37 @@ pub fn decide(
             };
         }
     };
+    let needs = adapter.needs();
     let pod = helper::pod(&HelperSpec {
         node: &node.name,
         namespace: opts.helper_namespace,
         run_id: opts.run_id,
-        image: &helper,
+        image: &first.image,
         arch: &node.platform.architecture,
+        needs,
+        attempt: 0,
     });
+    let wanted = Wanted {
+        refs: archive.summary().refs.clone(),
+        target: archive.target_digest(image),
+        manifest: image.manifest.digest.clone(),
+        config: image.config.digest.clone(),
+        layers: image.layers.iter().map(|l| l.digest.clone()).collect(),
+        diff_ids: image.diff_ids.clone(),
+        // The node's own spelling: what its runtime matches (`linux/arm64/v8` …).
+        platform: image.platform.clone(),
+    };
     Decision::Load {
         platform: image.platform.clone(),
-        digest: archive.target_digest(image),
+        digest: wanted.target.clone(),
         bytes,
-        helper,
+        method: adapter.method(),
+        helper: first,
+        candidates,
+        needs,
+        wanted: Box::new(wanted),
         pod: Box::new(pod),
     }
-}
-
-/// Images of pods running on a node: the helper's fallback when no pause image is listed.
-async fn running_images(client: &kube::Client, node: &str) -> Vec<String> {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let params =
-        ListParams::default().fields(&format!("spec.nodeName={node},status.phase=Running"));
-    let Ok(list) = pods.list(&params).await else {
-        return Vec::new();
-    };
-    let mut images: Vec<String> = list
-        .items
-        .into_iter()
-        .flat_map(|p| p.spec.map(|s| s.containers).unwrap_or_default())
-        .filter_map(|c| c.image)
-        .collect();
-    images.sort();
-    images.dedup();
-    images
 }
 
 #[cfg(test)]
@@ -215,6 +286,7 @@ mod tests {
     use super::*;
     use crate::archive::Source;
     use crate::archive::testutil::{TestImage, docker_archive, write_temp};
+    use crate::cluster::nodes::ListedImage;
     use crate::runtime::Runtime;
 
     fn archive(platform: &str) -> (tempfile::TempDir, Archive) {
@@ -233,17 +305,25 @@ mod tests {
             runtime: Runtime::from_node_info(runtime, "v1.34.4", false),
             kubelet_version: "v1.34.4".into(),
             taints: vec![],
-            images: vec!["registry.k8s.io/pause:3.10".into()],
+            virtual_kubelet: false,
+            images: vec![ListedImage {
+                names: vec!["registry.k8s.io/pause:3.10".into()],
+                size: 300_000,
+            }],
+            running_images: vec![],
             runtime_endpoint: None,
         }
     }
 
-    fn opts(skip_unready: bool) -> Options<'static> {
+    fn opts(named: bool) -> Options<'static> {
         Options {
             helper_namespace: "kube-system",
             helper_image: None,
-            skip_unready,
+            skip_unready: false,
             run_id: "abc123",
+            named,
+            runtime: None,
+            runtime_endpoint: None,
         }
     }
 
@@ -253,14 +333,16 @@ mod tests {
         let d = decide(
             &archive,
             &node("n1", "amd64", true, "containerd://1.7.2"),
-            &helper::Reusable::default(),
-            &opts(false),
+            &[],
+            &opts(true),
         );
         let Decision::Load {
             pod,
             bytes,
             digest,
             helper,
+            wanted,
+            needs,
             ..
         } = d
         else {
@@ -268,72 +350,121 @@ mod tests {
         };
         assert!(bytes > 8192);
         assert!(digest.starts_with("sha256:"));
-        assert!(helper.is_pause);
+        assert_eq!(helper.image, "registry.k8s.io/pause:3.10");
+        assert_eq!(wanted.layers.len(), 2);
+        assert_eq!(wanted.diff_ids.len(), 2);
+        assert!(!needs.privileged);
         assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("n1"));
     }
 
     #[test]
-    fn not_ready_is_refused_unless_skipped() {
+    fn crio_nodes_are_loaded_with_a_privileged_helper() {
+        let (_dir, archive) = archive("linux/amd64");
+        let d = decide(
+            &archive,
+            &node("n4", "amd64", true, "cri-o://1.34.0"),
+            &[],
+            &opts(true),
+        );
+        assert!(
+            matches!(&d, Decision::Load { needs, method, .. } if needs.privileged && method.contains("skopeo")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn not_ready_is_refused_when_named_unless_skipped() {
         let (_dir, archive) = archive("linux/amd64");
         let n = node("n1", "amd64", false, "containerd://1.7.2");
         assert!(
-            matches!(decide(&archive, &n, &helper::Reusable::default(), &opts(false)), Decision::Refuse { reason } if reason.contains("--skip-unready"))
+            matches!(decide(&archive, &n, &[], &opts(true)), Decision::Refuse { reason } if reason.contains("--skip-unready"))
         );
+        let skip = Options {
+            skip_unready: true,
+            ..opts(true)
+        };
         assert!(matches!(
-            decide(&archive, &n, &helper::Reusable::default(), &opts(true)),
+            decide(&archive, &n, &[], &skip),
+            Decision::Skip { .. }
+        ));
+        assert!(matches!(
+            decide(&archive, &n, &[], &opts(false)),
             Decision::Skip { .. }
         ));
     }
 
     #[test]
-    fn wrong_platform_and_runtime_are_refused_with_the_way_out() {
-        let (_dir, archive) = archive("linux/arm64");
-        let d = decide(
-            &archive,
-            &node("n1", "amd64", true, "containerd://1.7.2"),
-            &helper::Reusable::default(),
-            &opts(false),
-        );
+    fn unfit_nodes_are_refused_when_named_and_skipped_when_implicit() {
+        let (_dir, arm) = archive("linux/arm64");
+        let amd = node("n1", "amd64", true, "containerd://1.7.2");
+        let d = decide(&arm, &amd, &[], &opts(true));
         assert!(
             matches!(&d, Decision::Refuse { reason } if reason.contains("kubernetes.io/arch=arm64")),
             "{d:?}"
         );
-        let (_dir, archive) = archive_amd64();
-        let d = decide(
-            &archive,
-            &node("n1", "amd64", true, "cri-o://1.30.1"),
-            &helper::Reusable::default(),
-            &opts(false),
-        );
+        assert!(matches!(
+            decide(&arm, &amd, &[], &opts(false)),
+            Decision::Skip { .. }
+        ));
+        let (_dir, archive) = archive("linux/amd64");
+        let docker = node("n2", "amd64", true, "docker://28.2.2");
         assert!(
-            matches!(&d, Decision::Refuse { reason } if reason.contains("cri-o")),
-            "{d:?}"
+            matches!(decide(&archive, &docker, &[], &opts(false)), Decision::Skip { reason } if reason.contains("docker"))
         );
-    }
-
-    fn archive_amd64() -> (tempfile::TempDir, Archive) {
-        archive("linux/amd64")
+        let mut windows = node("n3", "amd64", true, "containerd://1.7.2");
+        windows.platform.os = "windows".into();
+        assert!(
+            matches!(decide(&archive, &windows, &[], &opts(false)), Decision::Skip { reason } if reason.contains("windows"))
+        );
+        let mut vk = node("vk", "amd64", true, "containerd://1.7.2");
+        vk.virtual_kubelet = true;
+        assert!(matches!(
+            decide(&archive, &vk, &[], &opts(false)),
+            Decision::Skip { .. }
+        ));
+        let s390 = node("z", "s390x", true, "containerd://1.7.2");
+        assert!(
+            matches!(decide(&archive, &s390, &[], &opts(true)), Decision::Refuse { reason } if reason.contains("s390x"))
+        );
     }
 
     #[test]
-    fn a_node_with_nothing_to_reuse_asks_for_helper_image() {
-        let (_dir, archive) = archive_amd64();
+    fn a_node_with_no_image_known_asks_for_helper_image_unless_others_list_pause() {
+        let (_dir, archive) = archive("linux/amd64");
         let mut n = node("n1", "amd64", true, "containerd://2.0.0");
         n.images.clear();
-        let d = decide(&archive, &n, &helper::Reusable::default(), &opts(false));
+        let d = decide(&archive, &n, &[], &opts(true));
         assert!(
             matches!(&d, Decision::Refuse { reason } if reason.contains("--helper-image")),
             "{d:?}"
         );
-        // A node whose list was cut at 50 images borrows the pause image other nodes list.
-        let elsewhere = helper::Reusable {
-            pause_elsewhere: Some("registry.k8s.io/pause:3.10"),
-            ..Default::default()
-        };
-        let d = decide(&archive, &n, &elsewhere, &opts(false));
+        let other = node("n2", "amd64", true, "containerd://2.0.0");
+        let d = decide(&archive, &n, &[other], &opts(true));
         assert!(
-            matches!(&d, Decision::Load { helper, .. } if helper.is_pause && helper.image.ends_with("pause:3.10")),
+            matches!(&d, Decision::Load { helper, .. } if helper.image.ends_with("pause:3.10")),
             "{d:?}"
+        );
+    }
+
+    #[test]
+    fn runtime_flags_override_what_nodes_report() {
+        let (_dir, archive) = archive("linux/amd64");
+        let o = Options {
+            runtime: Some(RuntimeKind::CriO),
+            runtime_endpoint: Some("unix:///run/x.sock"),
+            ..opts(true)
+        };
+        let plan = Plan::build(
+            &archive,
+            vec![node("n1", "amd64", true, "containerd://1.7.2")],
+            &[],
+            &o,
+        )
+        .unwrap();
+        assert!(matches!(plan.nodes[0].node.runtime, Runtime::CriO { .. }));
+        assert_eq!(
+            plan.nodes[0].node.runtime_endpoint.as_deref(),
+            Some("unix:///run/x.sock")
         );
     }
 }

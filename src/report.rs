@@ -125,11 +125,21 @@ pub fn plan_table(summary: &Summary, plan: &Plan) -> String {
     ]];
     for n in &plan.nodes {
         let (action, detail) = match &n.decision {
-            Decision::Load { bytes, helper, .. } => (
+            Decision::Load {
+                bytes,
+                helper,
+                method,
+                ..
+            } => (
                 "load".to_string(),
                 format!(
-                    "send up to {} via helper image {} ({})",
+                    "send up to {}, {method}{}; helper starts from {} ({})",
                     human_bytes(*bytes),
+                    n.node
+                        .runtime_endpoint
+                        .as_deref()
+                        .map(|e| format!(" at {e}"))
+                        .unwrap_or_default(),
                     helper.image,
                     helper.source
                 ),
@@ -224,6 +234,8 @@ mod tests {
             layers_reused: 0,
             seconds: 1.0,
             error: None,
+            runtime: None,
+            verified_by: None,
         };
         let w = WorkloadResult {
             kind: "StatefulSet",

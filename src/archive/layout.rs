@@ -480,6 +480,7 @@ impl<'a> Ctx<'a> {
                     media_type: String::new(),
                 },
                 layers: Vec::new(),
+                diff_ids: Vec::new(),
                 complete: false,
                 missing: vec![desc.digest.clone()],
             });
@@ -543,11 +544,17 @@ impl<'a> Ctx<'a> {
                     .map(|c| platform_of(&c.os, &c.architecture, c.variant.as_deref()))
             })
             .unwrap_or_else(unknown);
+        let diff_ids = config
+            .as_ref()
+            .and_then(|c| c.rootfs.as_ref())
+            .map(|r| r.diff_ids.clone())
+            .unwrap_or_default();
         Ok(PlatformImage {
             platform,
             manifest: manifest_blob,
             config: blob_of(&manifest.config),
             layers,
+            diff_ids,
             complete: missing.is_empty(),
             missing,
         })
@@ -711,6 +718,7 @@ impl<'a> Ctx<'a> {
                 manifest: manifest_blob,
                 config: config_blob,
                 layers,
+                diff_ids,
                 complete: true,
                 missing: Vec::new(),
             }],

@@ -82,6 +82,9 @@ pub struct PlatformImage {
     pub config: Blob,
     /// Layers in manifest order.
     pub layers: Vec<Blob>,
+    /// The config's `rootfs.diff_ids` (digests of the uncompressed layers), in layer order;
+    /// empty when the config is unknown. Runtimes key unpacked layers by these.
+    pub diff_ids: Vec<String>,
     /// Every blob this image needs is in the archive (false: kind#3795).
     pub complete: bool,
     /// Digests this image needs that the archive lacks.
@@ -338,6 +341,7 @@ impl Archive {
     /// the manifest, the config, and every layer not in `skip`. Metadata comes first, then
     /// layers streamed from the source with one 1 MiB buffer. Returns the bytes written,
     /// which equal `oci_len`.
+    #[cfg(test)]
     pub fn write_oci<W: Write>(
         &self,
         image: &PlatformImage,

@@ -174,6 +174,8 @@ where
     });
 
     let mut reader = reader;
+    let mut writer = writer;
+    let mut written: Option<io::Result<u64>> = None;
     let mut ping = tokio::time::interval(std::time::Duration::from_secs(30));
     ping.reset();
     let mut sending = true;
@@ -191,6 +193,20 @@ where
                 }
                 None => sending = false,
             },
+            result = &mut writer, if written.is_none() => {
+                let result = result.context("stdin writer panicked")?;
+                if let Err(e) = &result
+                    && send_error.is_none()
+                {
+                    // Our side failed (the archive could not be read): stop now instead of
+                    // waiting for a node that waits for bytes. Dropping the socket ends the
+                    // stream short on the node, where the agent discards what it got.
+                    reader.abort();
+                    let _ = sink.close().await;
+                    return Err(anyhow!("streaming the archive failed: {e}"));
+                }
+                written = Some(result);
+            }
             _ = ping.tick() => {
                 let _ = sink.send(Message::Ping(Default::default())).await;
             }
@@ -199,7 +215,10 @@ where
     // Stop the writer if it is still going (the command exited early).
     rx.close();
     drop(rx);
-    let written = writer.await.context("stdin writer panicked")?;
+    let written = match written {
+        Some(w) => w,
+        None => writer.await.context("stdin writer panicked")?,
+    };
     let _ = sink.close().await;
 
     let (status, stdout, stderr) = finished.context("exec reader failed")?;

@@ -1,5 +1,6 @@
 //! Everything that talks to the API server: the client, nodes, the helper pod and exec.
 
+pub mod agent;
 pub mod client;
 pub mod errors;
 pub mod exec;

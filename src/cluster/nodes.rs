@@ -1,16 +1,23 @@
-//! Node selection (`--nodes`, `--selector`) and the facts the plan needs about each node.
-
-use std::collections::BTreeMap;
+//! Node selection (`--nodes`, `--selector`) and the facts the plan needs about each node,
+//! all read before planning so that the plan itself makes no API call.
 
 use anyhow::{Result, bail};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 use serde::Serialize;
 
 use crate::archive::Platform;
-use crate::cli::NodeSelection;
 use crate::cluster::errors::explain;
+use crate::model::NodeSelection;
 use crate::runtime::Runtime;
+
+/// One image the kubelet lists for a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListedImage {
+    /// Its names (tags, and `repo@sha256:…`).
+    pub names: Vec<String>,
+    pub size: i64,
+}
 
 /// What the plugin knows about a node before it sends anything.
 #[derive(Debug, Clone, Serialize)]
@@ -22,9 +29,17 @@ pub struct NodeFacts {
     pub runtime: Runtime,
     pub kubelet_version: String,
     pub taints: Vec<String>,
-    /// Image names the kubelet reports (capped at 50 by the kubelet: a hint, not a list).
+    /// Labels that make the node something we cannot load (virtual kubelets).
     #[serde(skip)]
-    pub images: Vec<String>,
+    pub virtual_kubelet: bool,
+    /// Images the kubelet reports (at most 50, largest first: a hint, not an inventory;
+    /// and it lags removals by up to a minute).
+    #[serde(skip)]
+    pub images: Vec<ListedImage>,
+    /// Images of pods running on the node (certainly present while they run), when the
+    /// plugin may list pods; empty otherwise.
+    #[serde(skip)]
+    pub running_images: Vec<String>,
     /// The CRI endpoint from the kubelet's configz, when readable (needs nodes/proxy).
     pub runtime_endpoint: Option<String>,
 }
@@ -62,7 +77,10 @@ impl NodeFacts {
             .images
             .unwrap_or_default()
             .into_iter()
-            .flat_map(|i| i.names.unwrap_or_default())
+            .map(|i| ListedImage {
+                names: i.names.unwrap_or_default(),
+                size: i.size_bytes.unwrap_or(0),
+            })
             .collect();
         NodeFacts {
             runtime: Runtime::from_node_info(
@@ -80,71 +98,62 @@ impl NodeFacts {
             },
             kubelet_version: info.kubelet_version,
             taints,
+            virtual_kubelet: labels.get("type").is_some_and(|t| t == "virtual-kubelet")
+                || labels.contains_key("virtual-kubelet.io/provider"),
             images,
+            running_images: Vec::new(),
             runtime_endpoint: None,
         }
     }
 }
 
-/// Resolves the user's selection to nodes; names that do not exist and selectors that
-/// match nothing are errors, since loading "no nodes" is never what was meant.
-/// The pause image most nodes list, if any does: the fallback for a node whose own image
-/// list was cut short (helper::Reusable). Errors count as "none": it is only a fallback.
-pub async fn pause_listed_anywhere(client: &kube::Client) -> Option<String> {
+/// Every node of the cluster, once: selection, the helper's image candidates and the
+/// workload stage's placement check all read from this one list.
+pub async fn list_all(client: &kube::Client) -> Result<Vec<Node>> {
     let api: Api<Node> = Api::all(client.clone());
-    let list = api.list(&ListParams::default()).await.ok()?;
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for node in list.items {
-        let names: Vec<String> = node
-            .status
-            .and_then(|s| s.images)
-            .unwrap_or_default()
-            .into_iter()
-            .flat_map(|i| i.names.unwrap_or_default())
-            .collect();
-        if let Some(pause) = crate::cluster::helper::listed_pause(&names) {
-            *counts.entry(pause.to_string()).or_default() += 1;
-        }
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| explain(e, "list", "nodes"))?;
+    if list.items.is_empty() {
+        bail!("the cluster has no nodes; check --context");
     }
-    counts
-        .into_iter()
-        .max_by_key(|(_, n)| *n)
-        .map(|(name, _)| name)
+    Ok(list.items)
 }
 
-pub async fn select(client: &kube::Client, selection: &NodeSelection) -> Result<Vec<NodeFacts>> {
-    let api: Api<Node> = Api::all(client.clone());
-    let nodes = match selection {
-        NodeSelection::All => {
-            let list = api
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| explain(e, "list", "nodes"))?;
-            if list.items.is_empty() {
-                bail!("the cluster has no nodes; check --context");
-            }
-            list.items
-        }
+/// Resolves the user's selection against `all`; names that do not exist and selectors
+/// that match nothing are errors, since loading "no nodes" is never what was meant.
+pub async fn select(
+    client: &kube::Client,
+    all: &[Node],
+    selection: &NodeSelection,
+) -> Result<Vec<NodeFacts>> {
+    let chosen: Vec<&Node> = match selection {
+        NodeSelection::All => all.iter().collect(),
         NodeSelection::Selector(selector) => {
-            let list = api
-                .list(&ListParams::default().labels(selector))
+            // The API server evaluates the selector (set-based syntax and all).
+            let api: Api<Node> = Api::all(client.clone());
+            let names: Vec<String> = api
+                .list_metadata(&ListParams::default().labels(selector))
                 .await
-                .map_err(|e| explain(e, "list", "nodes"))?;
-            if list.items.is_empty() {
+                .map_err(|e| explain(e, "list", "nodes"))?
+                .items
+                .into_iter()
+                .filter_map(|n| n.metadata.name)
+                .collect();
+            if names.is_empty() {
                 bail!(
                     "no node matches --selector {selector:?}; `kubectl get nodes --show-labels` lists the labels"
                 );
             }
-            list.items
+            all.iter()
+                .filter(|n| n.metadata.name.as_ref().is_some_and(|m| names.contains(m)))
+                .collect()
         }
         NodeSelection::Names(names) => {
             let mut found = Vec::with_capacity(names.len());
             for name in names {
-                match api
-                    .get_opt(name)
-                    .await
-                    .map_err(|e| explain(e, "get", "nodes"))?
-                {
+                match all.iter().find(|n| n.metadata.name.as_ref() == Some(name)) {
                     Some(node) => found.push(node),
                     None => {
                         bail!("node {name:?} not found; `kubectl get nodes` lists the node names")
@@ -154,15 +163,21 @@ pub async fn select(client: &kube::Client, selection: &NodeSelection) -> Result<
             found
         }
     };
-    let mut facts: Vec<NodeFacts> = nodes.iter().map(NodeFacts::from_node).collect();
+    let mut facts: Vec<NodeFacts> = chosen.into_iter().map(NodeFacts::from_node).collect();
+    let running = running_images(client).await;
     for node in &mut facts {
         node.runtime_endpoint = runtime_endpoint(client, &node.name).await;
+        node.running_images = running
+            .iter()
+            .filter(|(n, _)| n == &node.name)
+            .map(|(_, image)| image.clone())
+            .collect();
     }
     Ok(facts)
 }
 
 /// The kubelet's `containerRuntimeEndpoint` from `/configz`. Optional by design: it needs
-/// `nodes/proxy`, which some admins will not grant; the probe then tries well-known paths.
+/// `nodes/proxy`, which some admins will not grant; the agent then tries well-known paths.
 async fn runtime_endpoint(client: &kube::Client, node: &str) -> Option<String> {
     let request = http::Request::get(format!("/api/v1/nodes/{node}/proxy/configz"))
         .body(Vec::new())
@@ -174,6 +189,37 @@ async fn runtime_endpoint(client: &kube::Client, node: &str) -> Option<String> {
         .and_then(|v| v.as_str())
         .filter(|s| !s.is_empty())
         .map(str::to_string)
+}
+
+/// (node, image) of every running pod's containers, when the plugin may list pods in all
+/// namespaces; an empty list otherwise (it only adds helper image candidates).
+async fn running_images(client: &kube::Client) -> Vec<(String, String)> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let Ok(list) = pods
+        .list(&ListParams::default().fields("status.phase=Running"))
+        .await
+    else {
+        return Vec::new();
+    };
+    let mut pairs: Vec<(String, String)> = list
+        .items
+        .into_iter()
+        .filter_map(|p| {
+            let spec = p.spec?;
+            let node = spec.node_name?;
+            Some(
+                spec.containers
+                    .into_iter()
+                    .filter_map(|c| c.image)
+                    .map(move |image| (node.clone(), image))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .flatten()
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    pairs
 }
 
 #[cfg(test)]
@@ -222,7 +268,14 @@ status:
         assert_eq!(facts.platform.to_string(), "linux/arm64");
         assert_eq!(facts.runtime.to_string(), "containerd 2.1.4");
         assert_eq!(facts.taints, ["sideload.test/dedicated=true:NoSchedule"]);
-        assert_eq!(facts.images, ["registry.k8s.io/pause:3.10"]);
+        assert_eq!(
+            facts.images,
+            [ListedImage {
+                names: vec!["registry.k8s.io/pause:3.10".into()],
+                size: 300000
+            }]
+        );
+        assert!(!facts.virtual_kubelet);
     }
 
     #[test]
@@ -230,5 +283,16 @@ status:
         let mut node: Node = serde_yaml::from_str(NODE).unwrap();
         node.status.as_mut().unwrap().conditions = None;
         assert!(!NodeFacts::from_node(&node).ready);
+    }
+
+    #[test]
+    fn virtual_kubelets_are_recognised() {
+        let mut node: Node = serde_yaml::from_str(NODE).unwrap();
+        node.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("type".into(), "virtual-kubelet".into());
+        assert!(NodeFacts::from_node(&node).virtual_kubelet);
     }
 }

@@ -1,12 +1,26 @@
-//! Node container runtimes: which one a node runs, and the argv that imports, lists and
-//! verifies images there. One adapter per runtime; everything node-side is an argv array
-//! (image refs come from untrusted archives and never meet a shell parser).
+//! Node container runtimes: which one a node runs (from its status), and one adapter per
+//! runtime behind one interface: where its socket and tools are, what it holds of an
+//! image, the import, and the verification.
+//!
+//! Adapters never talk to the cluster. They say what to ask the node agent ([`Query`],
+//! [`Run`]) and read its answers, so every rule is a unit test over recorded answers, and
+//! `load.rs` drives any runtime the same way. Everything node-side is an argv array: image
+//! refs come from untrusted archives and never meet a shell.
 
 pub mod containerd;
+pub mod cri;
+pub mod crio;
 
+use std::collections::HashSet;
 use std::fmt;
 
+use anyhow::Result;
 use serde::Serialize;
+use sideload_agent::protocol::{Answer, Query, Run};
+
+use crate::archive::Platform;
+use crate::cluster::helper::Needs;
+use crate::model::RuntimeKind;
 
 /// The runtime a node reports in `status.nodeInfo.containerRuntimeVersion`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -48,18 +62,36 @@ impl Runtime {
         }
     }
 
-    /// Why this runtime cannot be loaded yet, or `None` when an adapter exists.
-    pub fn unsupported_reason(&self) -> Option<String> {
+    /// `--runtime KIND`: this node taken to run KIND. The version stays when the node
+    /// reports that kind already (it is only used for display then).
+    pub fn overridden(&self, kind: RuntimeKind, kubelet_version: &str) -> Runtime {
+        match (kind, self) {
+            (RuntimeKind::Containerd, Runtime::Containerd { .. })
+            | (RuntimeKind::CriO, Runtime::CriO { .. }) => self.clone(),
+            (RuntimeKind::Containerd, _) => Runtime::Containerd {
+                version: Version::default(),
+                flavour: containerd::Flavour::detect(kubelet_version, false),
+            },
+            (RuntimeKind::CriO, _) => Runtime::CriO {
+                version: Version::default(),
+            },
+        }
+    }
+
+    /// The adapter for this runtime, or why none exists.
+    pub fn adapter(&self) -> Result<Box<dyn Adapter>, String> {
         match self {
-            Runtime::Containerd { .. } => None,
-            Runtime::CriO { version } => Some(format!(
-                "runtime cri-o {version} is not supported yet; load it with `podman load` on the node"
+            Runtime::Containerd { version, flavour } => Ok(Box::new(containerd::Adapter {
+                flavour: *flavour,
+                version: *version,
+            })),
+            Runtime::CriO { version } => Ok(Box::new(crio::Adapter { version: *version })),
+            Runtime::Docker { version } => Err(format!(
+                "runtime docker {version} (cri-dockerd) is not supported yet; load it with \
+                 `docker load` on the node"
             )),
-            Runtime::Docker { version } => Some(format!(
-                "runtime docker {version} is not supported yet; load it with `docker load` on the node"
-            )),
-            Runtime::Other { raw } => Some(format!(
-                "unknown container runtime {raw:?}; only containerd is supported"
+            Runtime::Other { raw } => Err(format!(
+                "unknown container runtime {raw:?}; containerd and CRI-O are supported"
             )),
         }
     }
@@ -79,6 +111,66 @@ impl fmt::Display for Runtime {
     }
 }
 
+/// The image as a node must end up holding it, taken from the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    /// Every name the image must be listed under.
+    pub refs: Vec<String>,
+    /// What each ref must point at: the manifest, or for a multi-platform archive the index.
+    pub target: String,
+    pub manifest: String,
+    /// The config digest: the image ID CRI reports.
+    pub config: String,
+    /// Layer digests, in manifest order.
+    pub layers: Vec<String>,
+    /// The config's diff_ids, in the same order (runtimes key unpacked layers by these).
+    pub diff_ids: Vec<String>,
+    pub platform: Platform,
+}
+
+/// What a node holds of a [`Wanted`] image.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Inventory {
+    /// Why the image is not there, complete, under every ref; empty when it is.
+    pub missing: Vec<String>,
+    /// Layers (digests of [`Wanted::layers`]) the node already holds, as content or
+    /// unpacked: they need not be sent.
+    pub layers_present: HashSet<String>,
+    /// What vouched for it: "CRI (crictl)", or the runtime's own tool where no crictl is.
+    pub checked_by: String,
+}
+
+/// One runtime's node-side steps, before anything is known about the node.
+pub trait Adapter: Send + Sync + fmt::Debug {
+    /// What the helper pod needs on this runtime.
+    fn needs(&self) -> Needs;
+    /// How the import goes, for `--dry-run` ("ctr images import into containerd's k8s.io").
+    fn method(&self) -> &'static str;
+    /// The first query: where the socket and the tools are. `endpoint` is the kubelet's
+    /// `containerRuntimeEndpoint` when the plugin could read it.
+    fn locate_query(&self, endpoint: Option<&str>) -> Query;
+    /// Its answer, read.
+    fn locate(&self, endpoint: Option<&str>, answer: &Answer) -> Result<Box<dyn Located>>;
+}
+
+/// A runtime found on a node.
+pub trait Located: Send + Sync + fmt::Debug {
+    /// "containerd 1.7.35 at /run/containerd/containerd.sock" …, for logs and errors.
+    fn describe(&self) -> String;
+    /// A second look, once paths are known (versions, the CRI configuration), if needed.
+    fn probe_query(&self) -> Option<Query>;
+    fn configure(&mut self, answer: &Answer) -> Result<()>;
+    /// What the node holds of `wanted`.
+    fn inventory_query(&self, wanted: &Wanted) -> Query;
+    fn inventory(&self, wanted: &Wanted, answer: &Answer) -> Result<Inventory>;
+    /// The refs the stream's index.json names (all of them, unless the importer takes one).
+    fn stream_refs(&self, wanted: &Wanted) -> Vec<String> {
+        wanted.refs.clone()
+    }
+    /// The import: a host command fed `bytes` bytes of OCI-layout tar.
+    fn import(&self, wanted: &Wanted, bytes: u64) -> Run;
+}
+
 /// A lenient dotted version: `1.7.22`, `v2.0.0-rc.1`, `1.6.20~ds1` → (major, minor, patch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize)]
 pub struct Version {
@@ -89,7 +181,7 @@ pub struct Version {
 
 impl Version {
     #[cfg(test)]
-    pub fn new(major: u32, minor: u32, patch: u32) -> Self {
+    pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
         Version {
             major,
             minor,
@@ -121,6 +213,39 @@ impl fmt::Display for Version {
     }
 }
 
+/// The first of `candidates` the answer shows as a socket.
+fn first_socket<'a>(
+    answer: &Answer,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates.into_iter().find(|p| {
+        answer
+            .paths
+            .get(*p)
+            .is_some_and(|f| f.kind == sideload_agent::protocol::PathKind::Socket)
+    })
+}
+
+/// The first of `candidates` the answer shows as an executable file.
+fn first_executable<'a>(
+    answer: &Answer,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .find(|p| answer.paths.get(*p).is_some_and(|f| f.executable))
+}
+
+/// `unix:///run/x.sock` → `/run/x.sock`; other schemes are not sockets we can use.
+fn socket_path(endpoint: &str) -> Option<&str> {
+    match endpoint.split_once("://") {
+        Some(("unix", path)) => Some(path),
+        Some(_) => None,
+        None => Some(endpoint),
+    }
+    .filter(|p| p.starts_with('/'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,12 +269,29 @@ mod tests {
                 flavour: containerd::Flavour::Standard
             }
         );
-        assert!(rt.unsupported_reason().is_none());
+        assert!(rt.adapter().is_ok());
         let k3s = Runtime::from_node_info("containerd://2.0.5-k3s1", "v1.33.1+k3s1", false);
         assert_eq!(k3s.to_string(), "containerd 2.0.5 (k3s)");
-        let crio = Runtime::from_node_info("cri-o://1.30.1", "v1.30.1", false);
-        assert!(crio.unsupported_reason().unwrap().contains("cri-o"));
+        let crio = Runtime::from_node_info("cri-o://1.34.0", "v1.34.0", false);
+        assert_eq!(crio.to_string(), "cri-o 1.34.0");
+        assert!(crio.adapter().is_ok());
+        let docker = Runtime::from_node_info("docker://28.2.2", "v1.34.0", false);
+        assert!(docker.adapter().unwrap_err().contains("docker load"));
         let odd = Runtime::from_node_info("frakti://1", "v1.30.1", false);
-        assert!(odd.unsupported_reason().unwrap().contains("frakti"));
+        assert!(odd.adapter().unwrap_err().contains("frakti"));
+    }
+
+    #[test]
+    fn endpoints_to_socket_paths() {
+        assert_eq!(
+            socket_path("unix:///run/containerd/containerd.sock"),
+            Some("/run/containerd/containerd.sock")
+        );
+        assert_eq!(
+            socket_path("/var/run/crio/crio.sock"),
+            Some("/var/run/crio/crio.sock")
+        );
+        assert_eq!(socket_path("npipe:////./pipe/containerd"), None);
+        assert_eq!(socket_path("unix://relative.sock"), None);
     }
 }

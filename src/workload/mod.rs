@@ -25,8 +25,8 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::cli::PullPolicy;
 use crate::cluster::errors::explain;
+use crate::model::PullPolicy;
 use patch::{AffinityChange, TemplatePatch};
 use placement::{LABEL_PREFIX, LABEL_VALUE, Placement};
 pub use target::{Kind, Target};

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::NodeSelectorTerm;
 use serde_json::{Map, Value, json};
 
 use super::target::{Chosen, Kind};
-use crate::cli::PullPolicy;
+use crate::model::PullPolicy;
 
 /// The annotation `kubectl rollout restart` sets; a changed value rolls the pods.
 pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";

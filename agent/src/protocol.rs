@@ -1,0 +1,247 @@
+//! What the plugin asks the agent and what the agent answers: one JSON document per exec.
+//!
+//! Every exec is `AGENT_PATH <verb> <request JSON>`. Requests travel in argv (small, and
+//! visible in `kubectl describe`-level debugging); bulk data only ever travels on stdin.
+//! Answers are one JSON document on stdout, except for [`Run`], whose child writes its own
+//! output. Host paths are absolute paths as the node sees them (the agent has entered the
+//! host root before it resolves any of them).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the helper pod mounts the agent's ConfigMap (the directory) …
+pub const AGENT_DIR: &str = "/.sideload";
+/// … and the agent binary inside it: the container's command and every exec's argv[0].
+pub const AGENT_PATH: &str = "/.sideload/agent";
+/// Where the helper pod mounts the host's root filesystem (read-only).
+pub const HOST_ROOT: &str = "/host";
+/// Where the helper pod mounts its scratch volume (an emptyDir), for staging on CRI-O nodes.
+pub const SCRATCH: &str = "/.sideload-scratch";
+
+/// `PATH` of every host command the agent runs; nothing of the container's environment is
+/// passed on.
+pub const HOST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Exit code of the agent itself failing (bad request, stream cut short, …), as opposed to
+/// the exit code of the host command it ran; its stderr then starts with `sideload-agent:`.
+pub const AGENT_FAILED: i32 = 125;
+/// Exit code when stdin ended before the announced number of bytes arrived.
+pub const STREAM_SHORT: i32 = 124;
+/// Exit code when a command ran past its timeout and was killed.
+pub const TIMED_OUT: i32 = 123;
+
+/// The verbs, i.e. argv[1].
+pub mod verb {
+    /// The container's main process: waits (reaping orphans) until stopped.
+    pub const PAUSE: &str = "pause";
+    /// Reads facts about the host and runs host commands one after another, collecting
+    /// their output: [`super::Query`] → [`super::Answer`]. One round trip per question set.
+    pub const QUERY: &str = "query";
+    /// Runs one host command with stdin handled as asked: [`super::Run`]; the exit code is
+    /// the command's.
+    pub const RUN: &str = "run";
+    /// Prints the agent's version and exits.
+    pub const VERSION: &str = "version";
+}
+
+/// What to learn about the host in one exec: facts first (no host program runs for them),
+/// then `commands`, each independent of the others.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Query {
+    /// Paths to `lstat` (then `stat`, following links).
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Text files to read whole (at most [`MAX_FILE`] bytes each).
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// Directories to list (names only, sorted).
+    #[serde(default)]
+    pub dirs: Vec<String>,
+    /// `GET` requests over a unix socket (CRI-O serves its running config this way).
+    #[serde(default)]
+    pub http: Vec<HttpGet>,
+    /// Host commands, run one after another with their output captured.
+    #[serde(default)]
+    pub commands: Vec<Command>,
+}
+
+/// Largest file [`Query::files`] returns; longer ones are an error, never cut.
+pub const MAX_FILE: u64 = 4 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpGet {
+    pub socket: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathKind {
+    Missing,
+    Socket,
+    Dir,
+    File,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathFact {
+    pub kind: PathKind,
+    /// A regular file with an execute bit.
+    pub executable: bool,
+}
+
+/// A read that may fail: the text, or why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Read<T> {
+    Ok(T),
+    Err(String),
+}
+
+impl<T> From<Result<T, String>> for Read<T> {
+    fn from(result: Result<T, String>) -> Self {
+        match result {
+            Ok(t) => Read::Ok(t),
+            Err(e) => Read::Err(e),
+        }
+    }
+}
+
+impl<T> Read<T> {
+    pub fn ok(&self) -> Option<&T> {
+        match self {
+            Read::Ok(t) => Some(t),
+            Read::Err(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+/// The answer to a [`Query`]; every map has an entry for every path asked, and
+/// `results` one per command, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// The agent's version ([`crate`]'s package version and protocol revision).
+    pub agent: String,
+    pub paths: BTreeMap<String, PathFact>,
+    pub files: BTreeMap<String, Read<String>>,
+    pub dirs: BTreeMap<String, Read<Vec<String>>>,
+    /// In the order asked.
+    pub http: Vec<Read<HttpResponse>>,
+    pub results: Vec<CommandResult>,
+}
+
+/// One host command: an absolute path on the host and its arguments, never a shell
+/// string. Its environment is [`HOST_PATH`] plus `env`, nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Killed after this long (exit code [`TIMED_OUT`]); none when absent. In a [`Run`],
+    /// the first command's timeout bounds the whole run, streaming included.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+impl Command {
+    pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
+        Command {
+            argv: argv.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+
+    pub fn timeout(mut self, secs: u64) -> Self {
+        self.timeout_secs = Some(secs);
+        self
+    }
+}
+
+/// Most of a query command's stdout or stderr that is kept; the rest is dropped and
+/// `truncated` says so (a listing cut short must never pass for a whole one).
+pub const MAX_OUTPUT: usize = 8 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// The command's exit code; [`TIMED_OUT`] if killed for its timeout, [`AGENT_FAILED`]
+    /// if it could not be started (then `stderr` says why), 128+N when killed by signal N.
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// stdout or stderr exceeded [`MAX_OUTPUT`].
+    pub truncated: bool,
+}
+
+/// Host commands fed from the exec's stdin, run one after another until one fails: the
+/// first gets the stream (or the staged directory is ready before it starts), the others
+/// run after it with no stdin. The exit code is the first non-zero one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    pub commands: Vec<Command>,
+    pub stdin: Stdin,
+    /// Host directories made writable for this command only (a private mount namespace of
+    /// this process; the node's own mounts never change). CRI-O nodes: the storage CRI-O
+    /// reads is written by the node's skopeo directly.
+    #[serde(default)]
+    pub writable: Vec<String>,
+    /// A host directory the pod's scratch volume ([`SCRATCH`]) is bound over for this
+    /// command only: where staged files go, removed with the pod.
+    #[serde(default)]
+    pub scratch_at: Option<String>,
+}
+
+/// How the exec's stdin reaches the command. Lengths are announced up front: the exec
+/// protocol v4 has no stdin close, so the end of a stream must be known by count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "kebab-case")]
+pub enum Stdin {
+    /// The command gets no stdin (/dev/null).
+    None,
+    /// Exactly `bytes` bytes of stdin are piped to the command, then its stdin closes. Fewer
+    /// arriving is an error ([`STREAM_SHORT`]) and the command is killed.
+    Pipe { bytes: u64 },
+    /// Exactly `bytes` bytes of stdin are an OCI-layout tar (`oci-layout`, `index.json`,
+    /// `blobs/sha256/<hex>` only), written into the new host directory `dir` with every
+    /// blob checked against its name; then the command runs with no stdin, and `dir` is
+    /// removed afterwards whatever happened.
+    OciDir { bytes: u64, dir: String },
+}
+
+/// The agent's version string: what [`Answer::agent`] carries.
+pub fn version() -> String {
+    format!("sideload-agent {} (protocol 1)", env!("CARGO_PKG_VERSION"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_json() {
+        let run = Run {
+            commands: vec![Command::new(["/usr/bin/ctr", "images", "import", "-"]).timeout(5)],
+            stdin: Stdin::OciDir {
+                bytes: 42,
+                dir: "/var/tmp/x".into(),
+            },
+            writable: vec!["/var/lib/containers/storage".into()],
+            scratch_at: Some("/var/tmp".into()),
+        };
+        let json = serde_json::to_string(&run).unwrap();
+        assert!(json.contains(r#""mode":"oci-dir""#), "{json}");
+        assert_eq!(serde_json::from_str::<Run>(&json).unwrap(), run);
+        let query: Query = serde_json::from_str(r#"{"paths":["/x"]}"#).unwrap();
+        assert_eq!(query.paths, ["/x"]);
+        assert!(query.files.is_empty() && query.commands.is_empty());
+        let read: Read<String> = serde_json::from_str(r#"{"err":"gone"}"#).unwrap();
+        assert_eq!(read, Read::Err("gone".into()));
+    }
+}

@@ -1,0 +1,141 @@
+//! Host commands fed from the exec's stdin: piped through by count (containerd's
+//! `ctr images import -`), or staged as an OCI-layout directory first (skopeo on CRI-O
+//! nodes, which cannot read a stream), then run one after another.
+
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::time::Duration;
+
+use sideload_agent::protocol::{self, Command, Run, Stdin};
+
+use crate::{host, ocidir};
+
+/// Bytes moved per read from the exec's stdin.
+const BUFFER: usize = 1 << 20;
+
+pub fn run(request: &Run) -> Result<i32, String> {
+    let (first, rest) = request
+        .commands
+        .split_first()
+        .ok_or("a run needs at least one command")?;
+    // Opened before entering the host root: afterwards no path names it.
+    let scratch = match &request.scratch_at {
+        Some(_) => Some(host::open_scratch()?),
+        None => None,
+    };
+    host::enter()?;
+    if !request.writable.is_empty() || scratch.is_some() {
+        host::private_view(
+            &request.writable,
+            scratch.as_ref().zip(request.scratch_at.as_deref()),
+        )?;
+    }
+    if let Some(secs) = first.timeout_secs {
+        watchdog(Duration::from_secs(secs))?;
+    }
+    let code = match &request.stdin {
+        Stdin::None => plain(first)?,
+        Stdin::Pipe { bytes } => pipe(first, *bytes)?,
+        Stdin::OciDir { bytes, dir } => return staged(&request.commands, *bytes, dir),
+    };
+    if code != 0 {
+        return Ok(code);
+    }
+    sequence(rest)
+}
+
+/// Runs `commands` in order with no stdin; the first non-zero exit code ends it.
+fn sequence(commands: &[Command]) -> Result<i32, String> {
+    for command in commands {
+        let code = plain(command)?;
+        if code != 0 {
+            return Ok(code);
+        }
+    }
+    Ok(0)
+}
+
+/// Ends the whole agent (and so the exec) once `timeout` has passed, whatever it is
+/// blocked on; the commands, in our process group, are killed with it.
+fn watchdog(timeout: Duration) -> Result<(), String> {
+    // Our own process group, which the commands inherit: the kill below must reach them
+    // and nothing else in the container.
+    // SAFETY: setpgid on ourselves.
+    unsafe { libc::setpgid(0, 0) };
+    host::thread()
+        .spawn(move || {
+            std::thread::sleep(timeout);
+            eprintln!("sideload-agent: timed out after {}s", timeout.as_secs());
+            // SAFETY: signalling our own process group (ourselves included).
+            unsafe {
+                libc::kill(0, libc::SIGKILL);
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the watchdog: {e}"))
+}
+
+fn plain(command: &Command) -> Result<i32, String> {
+    let mut child = host::spawn(command, Stdio::null(), Stdio::inherit(), Stdio::inherit())?;
+    host::wait(&mut child, None)
+}
+
+fn pipe(command: &Command, bytes: u64) -> Result<i32, String> {
+    let mut child = host::spawn(command, Stdio::piped(), Stdio::inherit(), Stdio::inherit())?;
+    let mut to_child = child.stdin.take().ok_or("no stdin pipe")?;
+    let mut input = std::io::stdin().lock();
+    let mut buf = vec![0u8; BUFFER];
+    let mut moved: u64 = 0;
+    let mut child_stopped_reading = false;
+    while moved < bytes {
+        let want = usize::try_from((bytes - moved).min(BUFFER as u64)).unwrap_or(BUFFER);
+        let n = match input.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        if to_child.write_all(&buf[..n]).is_err() {
+            child_stopped_reading = true;
+            break;
+        }
+        moved += n as u64;
+    }
+    drop(to_child); // the command's end of stream
+    if moved < bytes && !child_stopped_reading {
+        // The plugin went away (or sent less than it announced): whatever the command
+        // made of a partial stream must not stand.
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("sideload-agent: the stream ended after {moved} of {bytes} bytes");
+        return Ok(protocol::STREAM_SHORT);
+    }
+    let code = host::wait(&mut child, None)?;
+    if code == 0 && moved < bytes {
+        return Err(format!(
+            "{} exited after reading {moved} of {bytes} bytes",
+            command.argv[0]
+        ));
+    }
+    Ok(code)
+}
+
+fn staged(commands: &[Command], bytes: u64, dir: &str) -> Result<i32, String> {
+    let dir = host::absolute(dir)?;
+    let received = ocidir::receive(std::io::stdin().lock(), bytes, dir);
+    let outcome = match received {
+        Ok(_) => sequence(commands),
+        Err(ocidir::Error::Short { got }) => {
+            eprintln!("sideload-agent: the stream ended after {got} of {bytes} bytes");
+            Ok(protocol::STREAM_SHORT)
+        }
+        Err(ocidir::Error::Bad(message)) => Err(message),
+    };
+    // Whatever happened: the staged copy never outlives the commands.
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("sideload-agent: could not remove {}: {e}", dir.display());
+    }
+    outcome
+}

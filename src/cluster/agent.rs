@@ -1,0 +1,232 @@
+//! The node agent (agent/): its binaries embedded in the plugin, one per node
+//! architecture; the per-run ConfigMap that delivers them to the helper pods without any
+//! pull; and typed calls to it over exec.
+//!
+//! Why a ConfigMap (Zarf delivers its injector the same way): the helper container starts
+//! from an image the node already holds, which may be a tenant's; the agent, not that
+//! image's entrypoint, must be the container's command, and it must not need anything of
+//! the image (static, no loader, no shell). A ConfigMap holds at most 1 MiB; the agent is
+//! about 650 KiB, one ConfigMap per architecture in use.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use sideload_agent::protocol::{self, Answer, Query, Run};
+
+use crate::cluster::errors::explain;
+use crate::cluster::exec::{self, Output};
+use crate::cluster::helper::{MANAGED_BY, RUN_LABEL};
+
+static AGENT_AMD64: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sideload-agent-amd64"));
+static AGENT_ARM64: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sideload-agent-arm64"));
+
+/// The ConfigMap key holding the binary.
+pub const KEY: &str = "agent";
+/// Largest ConfigMap the API server stores.
+const CONFIGMAP_MAX: usize = 1 << 20;
+
+/// The agent for a node architecture, or why there is none.
+pub fn binary(arch: &str) -> Result<&'static [u8], String> {
+    let (bytes, target) = match arch {
+        "amd64" => (AGENT_AMD64, "x86_64-unknown-linux-musl"),
+        "arm64" => (AGENT_ARM64, "aarch64-unknown-linux-musl"),
+        other => {
+            return Err(format!(
+                "no node agent for architecture {other} (amd64 and arm64 are supported)"
+            ));
+        }
+    };
+    if bytes.is_empty() {
+        return Err(format!(
+            "this build of kubectl-sideload has no node agent for {arch} (it was built without \
+             the {target} Rust target; `rustup target add {target}` and rebuild)"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// `sha256:<hex>` of the agent for `arch`, recorded on the ConfigMap for audits.
+pub fn digest(arch: &str) -> Option<String> {
+    binary(arch)
+        .ok()
+        .map(|b| format!("sha256:{}", hex::encode(Sha256::digest(b))))
+}
+
+/// The ConfigMap of one run for one architecture.
+pub fn configmap_name(run_id: &str, arch: &str) -> String {
+    format!("sideload-agent-{run_id}-{arch}")
+}
+
+/// The ConfigMap delivering the agent for `arch` to this run's helper pods. Immutable: the
+/// kubelet then does not watch it, and nobody can swap the binary under a running pod.
+pub fn configmap(namespace: &str, run_id: &str, arch: &str) -> Result<ConfigMap> {
+    let bytes = binary(arch).map_err(|e| anyhow!(e))?;
+    if bytes.len() > CONFIGMAP_MAX - 1024 {
+        bail!(
+            "the node agent for {arch} is {} bytes, more than a ConfigMap holds",
+            bytes.len()
+        );
+    }
+    Ok(ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(configmap_name(run_id, arch)),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+                (RUN_LABEL.to_string(), run_id.to_string()),
+            ])),
+            annotations: Some(BTreeMap::from([
+                (
+                    "sideload.dev/agent-digest".to_string(),
+                    digest(arch).unwrap_or_default(),
+                ),
+                (
+                    "sideload.dev/version".to_string(),
+                    crate::version::SHORT.to_string(),
+                ),
+            ])),
+            ..Default::default()
+        },
+        binary_data: Some(BTreeMap::from([(
+            KEY.to_string(),
+            ByteString(bytes.to_vec()),
+        )])),
+        immutable: Some(true),
+        ..Default::default()
+    })
+}
+
+/// Creates the run's agent ConfigMaps, one per architecture.
+pub async fn create_configmaps(
+    api: &Api<ConfigMap>,
+    run_id: &str,
+    archs: &[String],
+    server_dry_run: bool,
+) -> Result<()> {
+    let namespace = api.namespace().unwrap_or_default().to_string();
+    for arch in archs {
+        let cm = configmap(&namespace, run_id, arch)?;
+        let params = PostParams {
+            dry_run: server_dry_run,
+            ..Default::default()
+        };
+        api.create(&params, &cm)
+            .await
+            .map_err(|e| explain(e, "create", &format!("configmaps in namespace {namespace}")))?;
+    }
+    Ok(())
+}
+
+/// Names of agent ConfigMaps in the namespace, of one run or of every run.
+pub async fn list_configmaps(api: &Api<ConfigMap>, run_id: Option<&str>) -> Result<Vec<String>> {
+    let mut selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    if let Some(run) = run_id {
+        selector.push_str(&format!(",{RUN_LABEL}={run}"));
+    }
+    Ok(api
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| explain(e, "list", "configmaps"))?
+        .items
+        .into_iter()
+        .filter_map(|m| m.metadata.name)
+        .collect())
+}
+
+/// Deletes the agent ConfigMaps of one run (or of every run); returns their names.
+pub async fn delete_configmaps(api: &Api<ConfigMap>, run_id: Option<&str>) -> Result<Vec<String>> {
+    let names = list_configmaps(api, run_id).await?;
+    for name in &names {
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(explain(e, "delete", "configmaps")),
+        }
+    }
+    Ok(names)
+}
+
+/// The agent in one running helper pod.
+pub struct Agent<'a> {
+    pub pods: &'a Api<Pod>,
+    pub pod: &'a str,
+}
+
+impl Agent<'_> {
+    /// One query: facts and host commands, one exec.
+    pub async fn query(&self, query: &Query, what: &str) -> Result<Answer> {
+        let out = exec::run(self.pods, self.pod, argv(protocol::verb::QUERY, query)?).await?;
+        tracing::debug!(pod = self.pod, what, stderr = %out.stderr, "agent query answered");
+        parse(out, what)
+    }
+
+    /// One host command fed from `feed`, which writes exactly the number of bytes `run`
+    /// announces (see `transfer::Transfer`).
+    pub async fn run<F>(&self, run: &Run, feed: F) -> Result<(Output, io::Result<u64>)>
+    where
+        F: FnOnce(&mut dyn Write) -> io::Result<u64> + Send + 'static,
+    {
+        let argv = argv(protocol::verb::RUN, run)?;
+        let (out, written) = exec::run_with_input(self.pods, self.pod, argv, feed).await?;
+        tracing::debug!(pod = self.pod, code = out.exit_code, stdout = %out.stdout, stderr = %out.stderr, "agent run finished");
+        Ok((out, written))
+    }
+}
+
+fn argv<T: serde::Serialize>(verb: &str, request: &T) -> Result<Vec<String>> {
+    Ok(vec![
+        protocol::AGENT_PATH.to_string(),
+        verb.to_string(),
+        serde_json::to_string(request).context("encoding the agent request")?,
+    ])
+}
+
+fn parse<T: DeserializeOwned>(out: Output, what: &str) -> Result<T> {
+    let out = out.check(&format!("the node agent ({what})"))?;
+    serde_json::from_str(out.stdout.trim()).with_context(|| {
+        format!(
+            "the node agent's answer ({what}) is not what this plugin expects: {:?}",
+            out.stdout.chars().take(200).collect::<String>()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_architectures_are_embedded_and_fit_a_configmap() {
+        for arch in ["amd64", "arm64"] {
+            let bytes = binary(arch).expect("build.rs embeds every architecture");
+            assert!(bytes.starts_with(b"\x7fELF"), "{arch}: not an ELF binary");
+            let cm = configmap("kube-system", "r1", arch).unwrap();
+            assert_eq!(cm.immutable, Some(true));
+            assert!(cm.binary_data.unwrap()[KEY].0.len() < CONFIGMAP_MAX);
+        }
+        // e_machine: x86-64 is 62, AArch64 is 183.
+        assert_eq!(binary("amd64").unwrap()[18], 62);
+        assert_eq!(binary("arm64").unwrap()[18], 183);
+        assert!(binary("s390x").unwrap_err().contains("s390x"));
+    }
+
+    #[test]
+    fn requests_are_one_json_argument() {
+        let query = Query {
+            paths: vec!["/run/containerd/containerd.sock".into()],
+            ..Default::default()
+        };
+        let argv = argv(protocol::verb::QUERY, &query).unwrap();
+        assert_eq!(argv[0], protocol::AGENT_PATH);
+        assert_eq!(argv[1], "query");
+        let back: Query = serde_json::from_str(&argv[2]).unwrap();
+        assert_eq!(back, query);
+    }
+}
