@@ -355,9 +355,16 @@ async fn dry_run(
             }
         }
     }
+    let openshift = client::is_openshift(client).await;
     let text = match output {
         Output::Table => {
             let mut text = report::plan_table(summary, plan);
+            if openshift {
+                text.push_str(
+                    "OpenShift: the helper pods need the privileged SCC for the helper \
+                     namespace's default service account (plugin-manifest/openshift-scc.yaml)\n",
+                );
+            }
             if let Some((stage, _)) = &workloads {
                 text.push_str(&stage.dry_run_text(&planned));
             }
@@ -365,6 +372,7 @@ async fn dry_run(
         }
         Output::Json => serde_json::to_string_pretty(&serde_json::json!({
             "image": summary,
+            "openshift": openshift,
             "plan": plan,
             "workloads": workloads.as_ref().map(|(s, _)| s.dry_run_json(&planned)),
         }))?,

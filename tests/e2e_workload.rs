@@ -627,12 +627,20 @@ async fn loading_some_nodes_warns_and_constrain_keeps_pods_on_them() {
     assert!(stderr(&dry).contains("--constrain"), "{}", stderr(&dry));
     assert!(!node_images("node-a").contains(&images.tag("v2")));
 
-    // --constrain, as the user the documented ClusterRole is bound to.
+    // --constrain, as the user the documented roles are bound to (the Role in the default
+    // helper namespace, kube-system).
     let mut cmd = plugin();
     cmd.arg("--kubeconfig")
         .arg(limited_kubeconfig())
         .args([images.v2.as_str(), "--constrain", "--yes", "-o", "json"])
-        .args(common);
+        .args([
+            "-n",
+            &ns.name,
+            "--workload",
+            "deploy/web",
+            "--nodes",
+            "node-a",
+        ]);
     let out = run(cmd);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(

@@ -58,3 +58,18 @@ pub async fn connect(args: &KubeArgs) -> Result<Cluster> {
         .with_context(|| format!("cannot build a client for the API server at {server}"))?;
     Ok(Cluster { client, namespace })
 }
+
+/// Whether the cluster is OpenShift (it serves the `security.openshift.io` API group):
+/// helper pods then need the privileged SCC, which the dry run mentions up front.
+pub async fn is_openshift(client: &Client) -> bool {
+    client
+        .list_api_groups()
+        .await
+        .map(|groups| {
+            groups
+                .groups
+                .iter()
+                .any(|g| g.name == "security.openshift.io")
+        })
+        .unwrap_or(false)
+}

@@ -7,16 +7,33 @@ use anyhow::anyhow;
 pub fn explain(err: kube::Error, verb: &str, resource: &str) -> anyhow::Error {
     match &err {
         kube::Error::Api(status) if status.code == 403 => {
-            if status.message.contains("PodSecurity") {
+            if status.message.contains("security context constraint") {
+                anyhow!(
+                    "OpenShift's security context constraints rejected the helper pod: {}; let \
+                     the helper namespace's default service account use the privileged SCC: \
+                     apply plugin-manifest/openshift-scc.yaml (or `oc adm policy \
+                     add-scc-to-user privileged -z default -n <helper namespace>`)",
+                    status.message
+                )
+            } else if status.message.contains("PodSecurity") {
                 anyhow!(
                     "pod security admission rejected the helper pod: {}; use --helper-namespace \
                      kube-system or label the namespace pod-security.kubernetes.io/enforce=privileged",
                     status.message
                 )
             } else {
+                // Helper objects are granted per namespace (the Role), the rest cluster-wide.
+                let namespaced = ["pods in", "pods/exec", "configmaps"]
+                    .iter()
+                    .any(|r| resource.starts_with(r));
+                let fix = if namespaced {
+                    "bind the Role in plugin-manifest/role.yaml to your user in the helper \
+                     namespace (--helper-namespace)"
+                } else {
+                    "bind the ClusterRole in plugin-manifest/clusterrole.yaml to your user"
+                };
                 anyhow!(
-                    "permission denied: cannot {verb} {resource} ({}); bind the ClusterRole in \
-                     plugin-manifest/clusterrole.yaml to your user",
+                    "permission denied: cannot {verb} {resource} ({}); {fix}",
                     status.message
                 )
             }
@@ -58,7 +75,27 @@ mod tests {
         )
         .to_string();
         assert!(msg.contains("cannot create pods in kube-system"), "{msg}");
-        assert!(msg.contains("plugin-manifest/clusterrole.yaml"), "{msg}");
+        assert!(msg.contains("plugin-manifest/role.yaml"), "{msg}");
+        let nodes = explain(api_error(403, "nodes is forbidden"), "list", "nodes").to_string();
+        assert!(
+            nodes.contains("plugin-manifest/clusterrole.yaml"),
+            "{nodes}"
+        );
+    }
+
+    #[test]
+    fn openshift_scc_rejection_names_the_scc_fix() {
+        let msg = explain(
+            api_error(
+                403,
+                r#"pods "x" is forbidden: unable to validate against any security context constraint: [provider "anyuid": Forbidden: not usable by user or serviceaccount]"#,
+            ),
+            "create",
+            "pods in namespace kube-system",
+        )
+        .to_string();
+        assert!(msg.contains("plugin-manifest/openshift-scc.yaml"), "{msg}");
+        assert!(msg.contains("add-scc-to-user privileged"), "{msg}");
     }
 
     #[test]

@@ -444,7 +444,14 @@ pub async fn delete(api: &Api<Pod>, name: &str, wait: Duration) -> Result<()> {
     let uid = match api.delete(name, &params).await {
         Ok(either) => either.left().and_then(|p| p.metadata.uid),
         Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
-        Err(e) => return Err(explain(e, "delete", "pods")),
+        Err(e) => {
+            let namespace = api.namespace().unwrap_or_default();
+            return Err(explain(
+                e,
+                "delete",
+                &format!("pods in namespace {namespace}"),
+            ));
+        }
     };
     let Some(uid) = uid else {
         return Ok(());
@@ -465,7 +472,10 @@ pub async fn list(api: &Api<Pod>, run_id: Option<&str>) -> Result<Vec<String>> {
     let pods = api
         .list_metadata(&ListParams::default().labels(&selector))
         .await
-        .map_err(|e| explain(e, "list", "pods"))?;
+        .map_err(|e| {
+            let namespace = api.namespace().unwrap_or_default();
+            explain(e, "list", &format!("pods in namespace {namespace}"))
+        })?;
     Ok(pods
         .items
         .into_iter()

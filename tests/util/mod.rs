@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
+use serde_json::{Value, json};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -175,6 +176,95 @@ impl Drop for LogsOnFailure {
             );
         }
     }
+}
+
+/// Objects of ours (helper pods and agent ConfigMaps) currently in `namespace`:
+/// `pod/NAME`, `configmap/NAME`.
+pub async fn helper_pods(client: &kube::Client, namespace: &str) -> Vec<String> {
+    let ours = ListParams::default().labels("app.kubernetes.io/managed-by=kubectl-sideload");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let mut names: Vec<String> = pods
+        .list_metadata(&ours)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .map(|n| format!("pod/{n}"))
+        .collect();
+    names.extend(
+        maps.list_metadata(&ours)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|m| m.metadata.name)
+            .map(|n| format!("configmap/{n}")),
+    );
+    names
+}
+
+/// Runs a pod with `imagePullPolicy: Never` pinned to `node` and returns its log once it
+/// runs: the proof that the kubelet can use the sideloaded image.
+pub async fn run_pod_on(client: &kube::Client, namespace: &str, node: &str, image: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let name = unique(&format!("probe-{node}"));
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{"name": "app", "image": image, "imagePullPolicy": "Never"}]
+        }
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let mut phase_detail = String::new();
+    for _ in 0..120 {
+        let p = pods.get(&name).await.unwrap();
+        let status = p.status.unwrap_or_default();
+        if status.phase.as_deref() == Some("Running") {
+            let mut logs = String::new();
+            for _ in 0..20 {
+                logs = pods
+                    .logs(&name, &LogParams::default())
+                    .await
+                    .unwrap_or_default();
+                if !logs.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            let _ = pods
+                .delete(&name, &DeleteParams::default().grace_period(0))
+                .await;
+            return logs;
+        }
+        phase_detail = format!("{:?}", status.container_statuses);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = pods
+        .delete(&name, &DeleteParams::default().grace_period(0))
+        .await;
+    panic!("pod with {image} on {node} never ran: {phase_detail}");
+}
+
+pub fn statuses(report: &Value) -> Vec<(String, String)> {
+    report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_string(),
+                n["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 /// A client for the test cluster as admin, for assertions the plugin's output cannot make.
