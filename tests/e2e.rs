@@ -588,3 +588,123 @@ async fn pod_security_rejection_names_the_fix() {
         stderr(&dry)
     );
 }
+
+/// Nodes that exist as API objects only: a Windows node, a virtual kubelet, and a node
+/// whose kubelet is gone (NotReady). None of them can take the image.
+async fn fake_nodes(client: &kube::Client, prefix: &str) -> Vec<String> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for (kind, labels, ready, runtime) in [
+        (
+            "win",
+            json!({"kubernetes.io/os": "windows", "kubernetes.io/arch": "amd64"}),
+            "True",
+            "containerd://1.7.20",
+        ),
+        (
+            "vk",
+            json!({"type": "virtual-kubelet", "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}),
+            "True",
+            "containerd://1.7.20",
+        ),
+        (
+            "gone",
+            json!({"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}),
+            "False",
+            "containerd://1.7.20",
+        ),
+    ] {
+        let name = format!("{prefix}-{kind}");
+        let node: Node = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"taints": [{"key": "sideload.test/fake", "effect": "NoSchedule"}]}
+        }))
+        .unwrap();
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+        let status = json!({"status": {
+            "conditions": [{"type": "Ready", "status": ready, "reason": "Fake",
+                            "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
+                         "containerRuntimeVersion": runtime, "kubeletVersion": "v1.34.4",
+                         "bootID": "", "kernelVersion": "", "kubeProxyVersion": "",
+                         "machineID": "", "osImage": "", "systemUUID": ""}
+        }});
+        nodes
+            .patch_status(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&status),
+            )
+            .await
+            .unwrap();
+        names.push(name);
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_implicit_selection_skips_nodes_that_cannot_take_the_image() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let namespace = TestNamespace::new(&client, "sl-mixed").await;
+    let ns = namespace.name.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("sideload.test/mixed:{}", unique("v"));
+    let tar = dir.path().join("mixed.tar");
+    make_image(&reference, &tar, &[]);
+    let prefix = unique("fake");
+    let fakes = fake_nodes(&client, &prefix).await;
+    let t = tar.to_str().unwrap();
+
+    let out = sideload(&[t, "-o", "json", "--helper-namespace", &ns]);
+    let named = sideload(&[
+        t,
+        "--nodes",
+        &format!("node-a,{}", fakes[0]),
+        "--helper-namespace",
+        &ns,
+    ]);
+    let nodes: Api<Node> = Api::all(client.clone());
+    for name in &fakes {
+        let _ = nodes.delete(name, &DeleteParams::default()).await;
+    }
+
+    assert!(
+        out.status.success(),
+        "the loadable nodes must load: {}",
+        stderr(&out)
+    );
+    let report = json_out(&out);
+    let by_name = |name: &str| {
+        report["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {report}"))
+            .clone()
+    };
+    for node in NODES {
+        assert_eq!(by_name(node)["status"], "loaded", "{report}");
+    }
+    for (fake, why) in fakes
+        .iter()
+        .zip(["windows node", "virtual kubelet", "NotReady"])
+    {
+        let n = by_name(fake);
+        assert_eq!(n["status"], "skipped", "{n}");
+        assert!(n["error"].as_str().unwrap().contains(why), "{n}");
+    }
+    // Named, an unfit node is refused before anything changes.
+    assert!(!named.status.success());
+    let err = stderr(&named);
+    assert!(
+        err.contains("nothing was changed") && err.contains("windows"),
+        "{err}"
+    );
+    for node in NODES {
+        node_remove_image(node, &reference);
+    }
+}

@@ -207,8 +207,11 @@ pub fn pod(spec: &HelperSpec<'_>) -> Pod {
             read_only: Some(true),
             // Submounts of the host (a separate /var, say) read-only too, where the kubelet
             // and runtime support it (Kubernetes 1.33+, containerd 2+); plain read-only
-            // binds elsewhere.
-            recursive_read_only: Some("IfPossible".into()),
+            // binds elsewhere. Not on CRI-O nodes: CRI-O turns a hostPath that holds its
+            // storage into a HostToContainer mount, and recursive read-only mounts demand
+            // private propagation, so CRI-O would refuse the container (and the pod is
+            // privileged there anyway).
+            recursive_read_only: (!spec.needs.privileged).then(|| "IfPossible".into()),
             ..Default::default()
         },
         VolumeMount {
