@@ -1,7 +1,8 @@
 # shellcheck shell=bash disable=SC2034  # variables here are used by the scripts that source this
-# Shared by tests/cluster/{up,down,node-ctr,smoke}: versions, paths, node table, helpers.
-# Sourced, never run. Everything a node owns lives under its own directory so that
-# three kubelets and three containerds can share one host without sharing state.
+# Shared by tests/cluster/{up,down,status,smoke,node-ctr,node-crictl,node-exec}: versions,
+# paths, node table, helpers. Sourced, never run. Everything a node owns lives under its own
+# directory so that four kubelets and their runtimes (three containerds, one CRI-O) can share
+# one host without sharing state.
 
 set -euo pipefail
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"
@@ -21,12 +22,18 @@ K8S_VERSION=v1.34.4
 #   node-a: Debian 12's containerd 1.6.20 (apt), node-b: newest 1.7 patch, node-c: newest 2.x.
 CONTAINERD_17_VERSION=v1.7.35
 CONTAINERD_2_VERSION=v2.4.2
+# node-d: CRI-O, laid out like an OpenShift/RHCOS node; crictl (cri-tools) on every node, as
+# kubeadm installs it. Both from their Go modules (build-crio/, build-crio/crictl/).
+CRIO_VERSION=v1.34.0
+CRICTL_VERSION=v1.34.0
 PAUSE_IMAGE=registry.k8s.io/pause:3.10
 
 K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
 CTRD_17_BIN=$CACHE/containerd-$CONTAINERD_17_VERSION/bin
 CTRD_2_BIN=$CACHE/containerd-$CONTAINERD_2_VERSION/bin
 CTRD_DEB_BIN=$CACHE/containerd-debian/bin   # symlinks to Debian's binaries (one PATH layout for all)
+CRIO_BIN=$CACHE/crio-$CRIO_VERSION/bin        # crio, pinns
+CRICTL_BIN=$CACHE/crictl-$CRICTL_VERSION/bin  # crictl
 
 # --- logging ----------------------------------------------------------------------------
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -128,10 +135,73 @@ build_containerd() {
 build_containerd_17() { build_containerd github.com/containerd/containerd "$CONTAINERD_17_VERSION" "$CTRD_17_BIN" "${CONTAINERD_17_VERSION#v}"; }
 build_containerd_2() { build_containerd github.com/containerd/containerd/v2 "$CONTAINERD_2_VERSION" "$CTRD_2_BIN" "$CONTAINERD_2_VERSION"; }
 
+# CRI-O from our module in build-crio/, which requires github.com/cri-o/cri-o at exactly
+# CRIO_VERSION and nothing else, so every dependency is at the version CRI-O's own go.mod
+# names. Tags: the signature code in pure Go (containers_image_openpgp, no gpgme), seccomp
+# (cgo, libseccomp-dev), no btrfs/devicemapper graph drivers (no C headers for them).
+# buildDate: the module's time as the Go module proxy records it (like k8s_ldflags).
+CRIO_TAGS="containers_image_openpgp seccomp exclude_graphdriver_btrfs exclude_graphdriver_devicemapper"
+# Modules of CRI-O 1.34.0's graph the checksum database does not know: their hashes come
+# from our go.sum (checked equal to CRI-O's own go.sum when it was made), so the build asks
+# the checksum database nothing about them.
+CRIO_NOSUMDB=github.com/cri-o/cri-o,github.com/CloudNativeAI/model-spec,github.com/containerd/nri
+
+crio_recipe() {
+  { cat "$CLUSTER_DIR/build-crio/go.mod" "$CLUSTER_DIR/build-crio/go.sum" "$CLUSTER_DIR/build-crio/tools.go"
+    echo "$CRIO_TAGS"; declare -f build_crio; } | sha256sum | cut -c1-16
+}
+
+build_crio() {
+  local recipe; recipe=$(crio_recipe)
+  recipe_ok "$CRIO_BIN" "$recipe" && return 0
+  need_go
+  log "building CRI-O $CRIO_VERSION (crio, pinns) from its Go module (cold: ~3 min on 2 cores; cached in $CRIO_BIN)"
+  local tmp=$CRIO_BIN.tmp mod=github.com/cri-o/cri-o
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  ( cd "$CLUSTER_DIR/build-crio" && export GONOSUMDB="$CRIO_NOSUMDB${GONOSUMDB:+,$GONOSUMDB}" &&
+    go mod download "$mod" &&
+    dir=$(go list -m -f '{{.Dir}}' "$mod") &&
+    date=$(go list -m -f '{{if .Time}}{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}{{end}}' "$mod") &&
+    go build -trimpath -tags "$CRIO_TAGS" -ldflags "-s -w -X $mod/internal/version.buildDate=$date" \
+      -o "$tmp/" "$mod/cmd/crio" &&
+    # pinns: the small C helper in the same module (pins a pod's namespaces), built static
+    # as upstream's pinns/Makefile does.
+    gcc -std=c99 -O2 -Wall -Werror -Wextra -static -o "$tmp/pinns" "$dir"/pinns/src/*.c &&
+    strip -s "$tmp/pinns" ) >&2 || die "CRI-O build failed"
+  echo "$recipe" >"$tmp/.recipe"
+  rm -rf "$CRIO_BIN"; mv "$tmp" "$CRIO_BIN"
+}
+
+# crictl from a module of its own (build-crio/crictl/), so that cri-tools' newer
+# dependencies (k8s.io 0.34 libraries) do not raise CRI-O's. Static, no cgo. Reports
+# "crictl version v1.34.0", as the release binaries kubeadm nodes carry.
+crictl_recipe() {
+  { cat "$CLUSTER_DIR/build-crio/crictl/go.mod" "$CLUSTER_DIR/build-crio/crictl/go.sum" \
+      "$CLUSTER_DIR/build-crio/crictl/tools.go"
+    declare -f build_crictl; } | sha256sum | cut -c1-16
+}
+
+build_crictl() {
+  local recipe; recipe=$(crictl_recipe)
+  recipe_ok "$CRICTL_BIN" "$recipe" && return 0
+  need_go
+  log "building crictl $CRICTL_VERSION from Go module sigs.k8s.io/cri-tools (cached in $CRICTL_BIN)"
+  local tmp=$CRICTL_BIN.tmp
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  ( cd "$CLUSTER_DIR/build-crio/crictl" &&
+    CGO_ENABLED=0 go build -trimpath \
+      -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
+      -o "$tmp/" sigs.k8s.io/cri-tools/cmd/crictl ) >&2 || die "crictl build failed"
+  echo "$recipe" >"$tmp/.recipe"
+  rm -rf "$CRICTL_BIN"; mv "$tmp" "$CRICTL_BIN"
+}
+
 build_all() {
   with_lock "$CACHE/.build-k8s-$K8S_VERSION.lock" build_k8s
   with_lock "$CACHE/.build-containerd-$CONTAINERD_17_VERSION.lock" build_containerd_17
   with_lock "$CACHE/.build-containerd-$CONTAINERD_2_VERSION.lock" build_containerd_2
+  with_lock "$CACHE/.build-crio-$CRIO_VERSION.lock" build_crio
+  with_lock "$CACHE/.build-crictl-$CRICTL_VERSION.lock" build_crictl
   # Debian's containerd gets the same bin-dir layout as the built ones, so every node's
   # containerd finds its own shim first on PATH and node-ctr can pick a node's ctr alike.
   mkdir -p "$CTRD_DEB_BIN"
@@ -147,14 +217,24 @@ build_all() {
 # root without a terminal). Each entry is "command package".
 ensure_packages() {
   local missing=() pair cmd pkg
+  # node-d (CRI-O) runs Debian's conmon and writes its images with Debian's skopeo/podman.
   for pair in "containerd containerd" "runc runc" "ip iproute2" "nsenter util-linux" \
               "openssl openssl" "musl-gcc musl-tools" "iptables iptables" "conntrack conntrack" \
-              "python3 python3" "flock util-linux"; do
+              "python3 python3" "flock util-linux" "conmon conmon" "skopeo skopeo" "podman podman"; do
     cmd=${pair%% *}; pkg=${pair#* }
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
   done
   [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ] ||
     missing+=(containernetworking-plugins)
+  # Only to build CRI-O: libseccomp's headers (cgo, through pkg-config) and a static libc
+  # for pinns.
+  if ! recipe_ok "$CRIO_BIN" "$(crio_recipe)"; then
+    [ -f /usr/include/seccomp.h ] || missing+=(libseccomp-dev)
+    command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+    command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+    [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f "$(gcc -print-file-name=libc.a 2>/dev/null)" ] ||
+      missing+=(libc6-dev)
+  fi
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing missing packages: ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
@@ -167,7 +247,7 @@ ensure_packages() {
 
 # --- cluster layout -------------------------------------------------------------------------
 
-NODES=(node-a node-b node-c)
+NODES=(node-a node-b node-c node-d)
 BRIDGE=sl-e2e0                 # in the root netns; the nodes' veths hang off it
 BRIDGE_IP=10.213.0.1           # the API server, etcd, controller-manager, scheduler bind here
 NODE_NET_PREFIX=24
@@ -180,7 +260,7 @@ SERVICE_CIDR=10.215.0.0/24
 SERVICE_IP=10.215.0.1
 RUN=/run/sideload-e2e          # short paths: unix sockets must stay under 108 bytes
 
-node_idx() { case $1 in node-a) echo 1 ;; node-b) echo 2 ;; node-c) echo 3 ;; *) die "unknown node '$1' (have: ${NODES[*]})" ;; esac; }
+node_idx() { case $1 in node-a) echo 1 ;; node-b) echo 2 ;; node-c) echo 3 ;; node-d) echo 4 ;; *) die "unknown node '$1' (have: ${NODES[*]})" ;; esac; }
 node_ip() { echo "10.213.0.1$(node_idx "$1")"; }
 node_pod_cidr() { echo "10.214.$(node_idx "$1").0/24"; }
 node_pod_gw() { echo "10.214.$(node_idx "$1").1"; }
@@ -189,12 +269,53 @@ node_veth() { echo "sl-veth-${1#node-}"; }
 node_cgroup() { echo "sl-$1"; }           # kubelet cgroupRoot, one per node
 node_dir() { echo "$E2E/nodes/$1"; }
 node_run() { echo "$RUN/$1"; }
-node_sock() { echo "$RUN/$1/containerd.sock"; }   # = /run/containerd/containerd.sock in the node's view
 node_mntns() { echo "$RUN/mnt/$1"; }                # the node's mount namespace (nsfs bind mount)
-node_labels() { case $1 in node-c) echo "pool=green" ;; *) echo "pool=blue" ;; esac; }
+# pool=red: node-d joins no pool of the containerd nodes, so a selector for blue or green
+# still means containerd nodes only.
+node_labels() { case $1 in node-c) echo "pool=green" ;; node-d) echo "pool=red" ;; *) echo "pool=blue" ;; esac; }
+node_runtime() { case $1 in node-d) echo crio ;; *) echo containerd ;; esac; }
 node_ctrd_bin() {
   case $1 in node-a) echo "$CTRD_DEB_BIN" ;; node-b) echo "$CTRD_17_BIN" ;; node-c) echo "$CTRD_2_BIN" ;; esac
 }
+# The runtime's socket on the host, and the CRI endpoint as the node (its kubelet, a pod
+# with hostPath /) sees it: kubeadm's containerd default, or CRI-O's.
+node_sock() {
+  case $(node_runtime "$1") in
+    crio) echo "$RUN/$1/crio/crio.sock" ;;       # = /var/run/crio/crio.sock in the node's view
+    *) echo "$RUN/$1/containerd.sock" ;;         # = /run/containerd/containerd.sock in the node's view
+  esac
+}
+node_endpoint() {
+  case $(node_runtime "$1") in
+    crio) echo unix:///var/run/crio/crio.sock ;;
+    *) echo unix:///run/containerd/containerd.sock ;;
+  esac
+}
+# The name a node's runtime process has in pid files, logs and tracking cgroups.
+node_runtime_name() { echo "$1-$(node_runtime "$1")"; }
+
+# node_exec NODE CMD...: CMD in the node's network and mount namespaces (the node's view of
+# /usr/bin, /etc, /run; its own crictl, CRI-O config and storage.conf).
+node_exec() {
+  local n=$1; shift
+  nsenter "--net=/run/netns/$(node_netns "$n")" "--mount=$(node_mntns "$n")" -- "$@"
+}
+
+# node_crictl NODE ARGS...: the node's own crictl (/usr/bin/crictl in its namespace) against
+# its CRI endpoint, as an admin on that node would run it.
+node_crictl() { local n=$1; shift; node_exec "$n" crictl --runtime-endpoint "$(node_endpoint "$n")" "$@"; }
+
+# --- CRI-O storage (node-d) -----------------------------------------------------------------
+# containers-storage under the node's own directories, named in CRI-O's crio.conf ([crio]
+# root, runroot, storage_driver, storage_option), while the node's
+# /etc/containers/storage.conf keeps the distribution defaults (/var/lib/containers/storage,
+# /run/containers/storage): a tool must take the storage from CRI-O's configuration.
+crio_root() { echo "$(node_dir "$1")/storage"; }          # [crio] root (graphroot)
+crio_runroot() { echo "$(node_run "$1")/storage"; }       # [crio] runroot (tmpfs)
+CRIO_STORAGE_DRIVER=overlay
+CRIO_STORAGE_OPTS=overlay.mountopt=nodev                  # [crio] storage_option
+# The containers-storage transport's spec for that store: [driver@root+runroot:options].
+crio_storage_spec() { echo "[$CRIO_STORAGE_DRIVER@$(crio_root "$1")+$(crio_runroot "$1"):$CRIO_STORAGE_OPTS]"; }
 # containerd config schema: 1.6 and 1.7 read version 2, 2.x reads version 3.
 node_ctrd_schema() { case $1 in node-c) echo 3 ;; *) echo 2 ;; esac; }
 
