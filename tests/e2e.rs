@@ -48,7 +48,7 @@ async fn each_archive_format_loads_into_every_node_and_runs() {
         let report = json_out(&out);
         assert_eq!(report["image"]["refs"][0], full.as_str());
         let st = statuses(&report);
-        assert_eq!(st.len(), 3, "{format}: {st:?}");
+        assert_eq!(st.len(), NODES.len(), "{format}: {st:?}");
         assert!(st.iter().all(|(_, s)| s == "loaded"), "{format}: {st:?}");
         for node in report["nodes"].as_array().unwrap() {
             assert!(node["bytes_sent"].as_u64().unwrap() > 4 << 20, "{node}");
@@ -108,7 +108,7 @@ async fn dry_run_changes_nothing_and_shows_the_helper_pod() {
     ]);
     assert!(out.status.success());
     let yaml = stdout(&out);
-    assert_eq!(yaml.matches("kind: Pod").count(), 3, "{yaml}");
+    assert_eq!(yaml.matches("kind: Pod").count(), NODES.len(), "{yaml}");
     assert!(yaml.contains("imagePullPolicy: Never"));
     assert!(yaml.contains("nodeName: node-c"));
 
@@ -388,7 +388,7 @@ async fn an_api_server_that_speaks_only_exec_v4_loads_every_node() {
     );
     let report = json_out(&out);
     let st = statuses(&report);
-    assert_eq!(st.len(), 3, "{st:?}");
+    assert_eq!(st.len(), NODES.len(), "{st:?}");
     assert!(st.iter().all(|(_, s)| s == "loaded"), "{st:?}");
     for node in NODES {
         let logs = run_pod_on(&client, "default", node, &reference).await;
@@ -707,4 +707,91 @@ async fn an_implicit_selection_skips_nodes_that_cannot_take_the_image() {
     for node in NODES {
         node_remove_image(node, &reference);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_crio_node_holds_the_image_under_its_full_name_in_the_storage_crio_reads() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let namespace = TestNamespace::new(&client, "sl-crio").await;
+    let dir = tempfile::tempdir().unwrap();
+    // A short Docker Hub name, as `docker save app:v1` writes it: podman would store it as
+    // localhost/app:v1, which CRI-O never matches to a pod's `app:v1` (cri-tools#474).
+    let short = unique("sl-crio");
+    let tar = dir.path().join("crio.tar");
+    make_image(
+        &format!("{short}:v1"),
+        &tar,
+        &["--format", "docker", "--layers", "2", "--layer-mib", "2"],
+    );
+    let full = format!("docker.io/library/{short}:v1");
+    let config = {
+        let mut c = plugin();
+        c.args(["inspect", tar.to_str().unwrap(), "-o", "json"]);
+        json_out(&run(c))["images"][0]["config"]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let dry = sideload(&[
+        tar.to_str().unwrap(),
+        "--nodes",
+        CRIO_NODE,
+        "--dry-run",
+        "--helper-namespace",
+        &namespace.name,
+    ]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(
+        stdout(&dry).contains("skopeo copy into CRI-O's containers-storage"),
+        "{}",
+        stdout(&dry)
+    );
+    let out = sideload(&[
+        tar.to_str().unwrap(),
+        "--nodes",
+        CRIO_NODE,
+        "-o",
+        "json",
+        "--helper-namespace",
+        &namespace.name,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_out(&out);
+    let node = &report["nodes"][0];
+    assert_eq!(node["status"], "loaded", "{node}");
+    let runtime = node["runtime"].as_str().unwrap();
+    // node-d's storage.conf keeps the distribution's /var/lib/containers/storage; CRI-O's
+    // own config points elsewhere, and that is where the image must be.
+    assert!(
+        runtime.contains("nodes/node-d/storage")
+            && !runtime.contains("/var/lib/containers/storage"),
+        "the storage must come from CRI-O's configuration: {runtime}"
+    );
+    assert!(
+        node["verified_by"].as_str().unwrap().contains("crictl"),
+        "{node}"
+    );
+    let inspect: Value =
+        serde_json::from_str(&node_crictl(CRIO_NODE, &["inspecti", "-o", "json", &full])).unwrap();
+    assert_eq!(
+        inspect["status"]["id"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+        config.trim_start_matches("sha256:"),
+        "{inspect}"
+    );
+    let listed = node_images(CRIO_NODE);
+    assert!(listed.contains(&full), "{listed:?}");
+    assert!(
+        !listed.iter().any(|t| t.starts_with("localhost/")),
+        "a localhost/ name appeared: {listed:?}"
+    );
+    // Both spellings a pod may use resolve, through CRI, to the image.
+    for image in [full.clone(), format!("{short}:v1")] {
+        let logs = run_pod_on(&client, "default", CRIO_NODE, &image).await;
+        assert!(logs.contains("hello from"), "{image}: {logs}");
+    }
+    node_remove_image(CRIO_NODE, &full);
 }

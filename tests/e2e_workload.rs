@@ -290,6 +290,37 @@ async fn a_deployment_moves_to_the_sideloaded_v2_init_containers_too() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_on_the_crio_node_moves_to_v2() {
+    let (_logs, client, ns, images) = setup("wl-crio", CRIO_NODE).await;
+    let on_d = json!({"nodeSelector": {"kubernetes.io/hostname": CRIO_NODE}});
+    create::<Deployment>(
+        &client,
+        &ns.name,
+        deployment("web", 2, &images.tag("v1"), on_d),
+    )
+    .await;
+    deployment_ready(&client, &ns.name, "web", 2).await;
+    let out = apply(
+        &ns.name,
+        &[
+            &images.v2,
+            "--nodes",
+            CRIO_NODE,
+            "--workload",
+            "deploy/web",
+            "--pull-policy",
+            "Never",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let w = workload_report(&json_out(&out)).clone();
+    assert_eq!(w["rolled_out"], true, "{w}");
+    let pods = pods_running(&client, &ns.name, "web", 2, &images.tag("v2")).await;
+    assert!(pods.iter().all(|p| node_of(p) == CRIO_NODE));
+    assert_containers(&pods, &images.tag("v2"), "Never");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_statefulset_and_a_deployment_move_to_v2_in_one_run_with_pull_policy_never() {
     let (_logs, client, ns, images) = setup("wl-sts", "node-a,node-b").await;
     create::<StatefulSet>(
@@ -303,7 +334,7 @@ async fn a_statefulset_and_a_deployment_move_to_v2_in_one_run_with_pull_policy_n
                 "serviceName": "db",
                 "podManagementPolicy": "Parallel",
                 "selector": {"matchLabels": {"app": "db"}},
-                "template": template("db", &images.tag("v1"), json!({})),
+                "template": template("db", &images.tag("v1"), json!({"nodeSelector": {"pool": "blue"}})),
             }
         }),
     )
@@ -363,8 +394,8 @@ async fn a_statefulset_and_a_deployment_move_to_v2_in_one_run_with_pull_policy_n
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_daemonset_loads_the_nodes_it_runs_on_and_moves_to_v2() {
-    // No toleration: node-c's taint keeps the DaemonSet on node-a and node-b.
-    let (_logs, client, ns, images) = setup("wl-ds", "node-a,node-b").await;
+    // No toleration: node-c's taint keeps the DaemonSet on node-a, node-b and node-d (CRI-O).
+    let (_logs, client, ns, images) = setup("wl-ds", "node-a,node-b,node-d").await;
     create::<DaemonSet>(
         &client,
         &ns.name,
@@ -378,7 +409,7 @@ async fn a_daemonset_loads_the_nodes_it_runs_on_and_moves_to_v2() {
         }),
     )
     .await;
-    pods_running(&client, &ns.name, "agent", 2, &images.tag("v1")).await;
+    pods_running(&client, &ns.name, "agent", 3, &images.tag("v1")).await;
 
     // No --nodes: a DaemonSet-only run loads the nodes the DaemonSet runs on.
     let out = apply(&ns.name, &[&images.v2, "--workload", "ds/agent"]);
@@ -390,15 +421,22 @@ async fn a_daemonset_loads_the_nodes_it_runs_on_and_moves_to_v2() {
         .iter()
         .map(|n| n["name"].as_str().unwrap())
         .collect();
-    assert_eq!(loaded, BTreeSet::from(["node-a", "node-b"]), "{report}");
+    assert_eq!(
+        loaded,
+        BTreeSet::from(["node-a", "node-b", "node-d"]),
+        "{report}"
+    );
     assert!(!node_images("node-c").contains(&images.tag("v2")));
     let w = workload_report(&report);
     assert_eq!(w["kind"], "DaemonSet");
     assert_eq!(w["rolled_out"], true, "{w}");
 
-    let pods = pods_running(&client, &ns.name, "agent", 2, &images.tag("v2")).await;
+    let pods = pods_running(&client, &ns.name, "agent", 3, &images.tag("v2")).await;
     let nodes: BTreeSet<String> = pods.iter().map(node_of).collect();
-    assert_eq!(nodes, BTreeSet::from(["node-a".into(), "node-b".into()]));
+    assert_eq!(
+        nodes,
+        BTreeSet::from(["node-a".into(), "node-b".into(), "node-d".into()])
+    );
     for pod in pods {
         assert_eq!(
             pod.spec.unwrap().containers[0].image_pull_policy.as_deref(),
@@ -619,7 +657,7 @@ async fn loading_some_nodes_warns_and_constrain_keeps_pods_on_them() {
     assert!(text.contains("depends on the image on: node-a"), "{text}");
     assert!(
         stderr(&dry).contains(
-            "warning: pods of deployment/web can also be scheduled on node-b, which will not hold the image"
+            "warning: pods of deployment/web can also be scheduled on node-b, node-d, which will not hold the image"
         ),
         "{}",
         stderr(&dry)

@@ -22,19 +22,12 @@ pub fn enter() -> Result<(), String> {
     std::env::set_current_dir("/").map_err(|e| format!("cannot chdir to / on the host: {e}"))
 }
 
-/// Opens the pod's scratch volume before [`enter`], to bind it into the host view later.
-pub fn open_scratch() -> Result<OwnedFd, String> {
-    let dir = std::fs::File::open(protocol::SCRATCH)
-        .map_err(|e| format!("cannot open the scratch volume {}: {e}", protocol::SCRATCH))?;
-    Ok(dir.into())
-}
-
-/// Gives this process a mount namespace of its own (private: nothing propagates back to
-/// the container, let alone the node), with `writable` host directories rebound read-write
-/// and the scratch volume bound over `scratch_at`. Called after [`enter`], so every path
-/// resolves on the host. The mounts vanish when this process exits.
-pub fn private_view(writable: &[String], scratch: Option<(&OwnedFd, &str)>) -> Result<(), String> {
-    // SAFETY: plain syscalls with valid, NUL-terminated arguments; no memory is shared.
+/// Gives this process a mount namespace of its own, private: no mount it makes propagates
+/// back to the container, let alone the node, and all of them vanish when it exits.
+/// Must come before [`open_scratch`]: a bind's source must be a mount of the caller's own
+/// namespace (mount(2) fails with EINVAL otherwise).
+pub fn private_namespace() -> Result<(), String> {
+    // SAFETY: plain syscalls with valid arguments; no memory is shared.
     unsafe {
         if libc::unshare(libc::CLONE_NEWNS) != 0 {
             return Err(format!(
@@ -42,12 +35,26 @@ pub fn private_view(writable: &[String], scratch: Option<(&OwnedFd, &str)>) -> R
                 std::io::Error::last_os_error()
             ));
         }
-        mount(None, "/", libc::MS_REC | libc::MS_PRIVATE)?;
+        mount(None, "/", libc::MS_REC | libc::MS_PRIVATE)
     }
+}
+
+/// Opens the pod's scratch volume, before [`enter`]: afterwards no path names it.
+pub fn open_scratch() -> Result<OwnedFd, String> {
+    let dir = std::fs::File::open(protocol::SCRATCH)
+        .map_err(|e| format!("cannot open the scratch volume {}: {e}", protocol::SCRATCH))?;
+    Ok(dir.into())
+}
+
+/// In the private namespace, after [`enter`] (so every path resolves on the host): makes
+/// the `writable` host directories writable and binds the scratch volume over
+/// `scratch_at`, for this process and its children only.
+pub fn private_view(writable: &[String], scratch: Option<(&OwnedFd, &str)>) -> Result<(), String> {
     for dir in writable {
         absolute(dir)?;
         // A bind of a read-only mount starts read-only; remounting that bind without
         // MS_RDONLY makes only this view of `dir` writable.
+        // SAFETY: mount(2) with valid C strings.
         unsafe {
             mount(Some(dir), dir, libc::MS_BIND | libc::MS_REC)?;
             mount(None, dir, libc::MS_REMOUNT | libc::MS_BIND)?;
@@ -57,6 +64,7 @@ pub fn private_view(writable: &[String], scratch: Option<(&OwnedFd, &str)>) -> R
         absolute(target)?;
         // The scratch volume lies outside the host root we entered, so no path names it:
         // with the working directory set to it (fchdir works beyond the root), "." does.
+        // SAFETY: fchdir on an open directory, then mount(2) with valid C strings.
         unsafe {
             if libc::fchdir(fd.as_raw_fd()) != 0 {
                 return Err(format!(

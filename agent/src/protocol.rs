@@ -196,6 +196,10 @@ pub struct Run {
     /// command only: where staged files go, removed with the pod.
     #[serde(default)]
     pub scratch_at: Option<String>,
+    /// Small files (path → text) written before the commands run and removed after them;
+    /// each path must lie directly in `scratch_at` (configuration a host tool reads).
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
 }
 
 /// How the exec's stdin reaches the command. Lengths are announced up front: the exec
@@ -234,6 +238,11 @@ mod tests {
             },
             writable: vec!["/var/lib/containers/storage".into()],
             scratch_at: Some("/var/tmp".into()),
+            files: [(
+                "/var/tmp/storage.conf".to_string(),
+                "[storage]\n".to_string(),
+            )]
+            .into(),
         };
         let json = serde_json::to_string(&run).unwrap();
         assert!(json.contains(r#""mode":"oci-dir""#), "{json}");

@@ -18,13 +18,17 @@ pub fn run(request: &Run) -> Result<i32, String> {
         .commands
         .split_first()
         .ok_or("a run needs at least one command")?;
+    let private = !request.writable.is_empty() || request.scratch_at.is_some();
+    if private {
+        host::private_namespace()?;
+    }
     // Opened before entering the host root: afterwards no path names it.
     let scratch = match &request.scratch_at {
         Some(_) => Some(host::open_scratch()?),
         None => None,
     };
     host::enter()?;
-    if !request.writable.is_empty() || scratch.is_some() {
+    if private {
         host::private_view(
             &request.writable,
             scratch.as_ref().zip(request.scratch_at.as_deref()),
@@ -33,6 +37,38 @@ pub fn run(request: &Run) -> Result<i32, String> {
     if let Some(secs) = first.timeout_secs {
         watchdog(Duration::from_secs(secs))?;
     }
+    let written = write_files(request)?;
+    let outcome = commands(request, first, rest);
+    for path in written {
+        let _ = std::fs::remove_file(path);
+    }
+    outcome
+}
+
+/// Writes the request's files (new files, directly in the scratch directory only).
+fn write_files(request: &Run) -> Result<Vec<String>, String> {
+    let mut written = Vec::new();
+    for (path, text) in &request.files {
+        let p = host::absolute(path)?;
+        let inside = request
+            .scratch_at
+            .as_deref()
+            .is_some_and(|dir| p.parent() == Some(std::path::Path::new(dir)));
+        if !inside {
+            return Err(format!(
+                "file {path} is not directly in the scratch directory"
+            ));
+        }
+        let mut file =
+            std::fs::File::create_new(p).map_err(|e| format!("cannot create {path}: {e}"))?;
+        written.push(path.clone());
+        file.write_all(text.as_bytes())
+            .map_err(|e| format!("cannot write {path}: {e}"))?;
+    }
+    Ok(written)
+}
+
+fn commands(request: &Run, first: &Command, rest: &[Command]) -> Result<i32, String> {
     let code = match &request.stdin {
         Stdin::None => plain(first)?,
         Stdin::Pipe { bytes } => pipe(first, *bytes)?,

@@ -420,6 +420,7 @@ impl super::Located for Located {
             stdin: Stdin::Pipe { bytes },
             writable: Vec::new(),
             scratch_at: None,
+            files: Default::default(),
         }
     }
 }

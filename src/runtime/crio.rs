@@ -30,6 +30,8 @@ const STORAGE_CONF: &str = "/etc/containers/storage.conf";
 /// temporary files (TMPDIR) go there too.
 const STAGING_PARENT: &str = "/var/tmp";
 const STAGING_DIR: &str = "/var/tmp/sideload-oci";
+/// The storage.conf skopeo reads (CONTAINERS_STORAGE_CONF): CRI-O's storage, exactly.
+const STORAGE_CONF_STAGED: &str = "/var/tmp/sideload-storage.conf";
 const IMPORT_TIMEOUT_SECS: u64 = 3600;
 
 /// CRI-O, before the node was looked at.
@@ -50,17 +52,50 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// skopeo's `containers-storage:[driver@root+runroot:opt,opt]ref`.
+    /// skopeo's `containers-storage:[driver@root+runroot]ref`. The driver options go in a
+    /// storage.conf of their own ([`Storage::conf`]): the reference's `:opt,opt` list is
+    /// split at every comma, and real options hold commas (RHCOS:
+    /// `overlay.mountopt=nodev,metacopy=on`).
     fn reference(&self, image: &str) -> String {
-        let options = if self.options.is_empty() {
-            String::new()
-        } else {
-            format!(":{}", self.options.join(","))
-        };
         format!(
-            "containers-storage:[{}@{}+{}{options}]{image}",
+            "containers-storage:[{}@{}+{}]{image}",
             self.driver, self.root, self.runroot
         )
+    }
+
+    /// A storage.conf saying what CRI-O runs with: its driver, roots and options. Options
+    /// are `driver.key=value` (or `key=value`); a key given twice keeps its last value, as
+    /// the driver itself does when it reads the list.
+    fn conf(&self) -> String {
+        let mut storage = toml::Table::new();
+        storage.insert("driver".into(), self.driver.clone().into());
+        storage.insert("graphroot".into(), self.root.clone().into());
+        storage.insert("runroot".into(), self.runroot.clone().into());
+        let mut options = toml::Table::new();
+        let mut driver_options = toml::Table::new();
+        for option in &self.options {
+            let Some((key, value)) = option.split_once('=') else {
+                continue;
+            };
+            match key.split_once('.') {
+                Some((driver, key)) if driver == self.driver => {
+                    driver_options.insert(key.to_string(), value.to_string().into());
+                }
+                Some(_) => {} // another driver's option: CRI-O's driver ignores it too
+                None => {
+                    options.insert(key.to_string(), value.to_string().into());
+                }
+            }
+        }
+        if !driver_options.is_empty() {
+            options.insert(self.driver.clone(), driver_options.into());
+        }
+        if !options.is_empty() {
+            storage.insert("options".into(), options.into());
+        }
+        let mut root = toml::Table::new();
+        root.insert("storage".into(), storage.into());
+        toml::to_string(&root).unwrap_or_default()
     }
 
     /// c/storage's own records: `<root>/<driver>-images/images.json` and
@@ -476,6 +511,8 @@ impl super::Located for Located {
                 ]);
                 let mut c = Command::new(argv).timeout(IMPORT_TIMEOUT_SECS);
                 c.env.insert("TMPDIR".into(), STAGING_PARENT.into());
+                c.env
+                    .insert("CONTAINERS_STORAGE_CONF".into(), STORAGE_CONF_STAGED.into());
                 c
             })
             .collect();
@@ -487,6 +524,7 @@ impl super::Located for Located {
             },
             writable: vec![self.storage.root.clone(), self.storage.runroot.clone()],
             scratch_at: Some(STAGING_PARENT.into()),
+            files: [(STORAGE_CONF_STAGED.to_string(), self.storage.conf())].into(),
         }
     }
 }
@@ -504,7 +542,9 @@ mod tests {
   runroot = "/run/node-d/storage"
   storage_driver = "overlay"
   storage_option = [
+    "overlay.mountopt=nodev,metacopy=on",
     "overlay.mountopt=nodev",
+    "vfs.ignore_chown_errors=true",
   ]
 [crio.runtime]
   conmon = "/usr/bin/conmon"
@@ -578,7 +618,22 @@ mod tests {
         let argv = &run.commands[0].argv;
         assert_eq!(
             argv.last().unwrap(),
-            "containers-storage:[overlay@/srv/node-d/storage+/run/node-d/storage:overlay.mountopt=nodev]docker.io/library/app:v1"
+            "containers-storage:[overlay@/srv/node-d/storage+/run/node-d/storage]docker.io/library/app:v1"
+        );
+        let conf: toml::Table = toml::from_str(&run.files[STORAGE_CONF_STAGED]).unwrap();
+        assert_eq!(
+            conf["storage"]["graphroot"].as_str(),
+            Some("/srv/node-d/storage")
+        );
+        assert_eq!(
+            conf["storage"]["options"]["overlay"]["mountopt"].as_str(),
+            Some("nodev"),
+            "the last of a repeated option wins, as in the driver"
+        );
+        assert!(conf["storage"]["options"].get("vfs").is_none());
+        assert_eq!(
+            run.commands[0].env["CONTAINERS_STORAGE_CONF"],
+            STORAGE_CONF_STAGED
         );
         assert!(argv.contains(&"--preserve-digests".to_string()));
         assert!(argv.windows(2).any(|w| w == ["--override-arch", "arm64"]));

@@ -92,8 +92,33 @@ pub fn node_ctr(node: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Image refs in a node's `k8s.io` namespace.
+/// `tests/cluster/node-crictl NODE args…`, stdout.
+pub fn node_crictl(node: &str, args: &[&str]) -> String {
+    let mut cmd = Command::new(repo().join("tests/cluster/node-crictl"));
+    cmd.arg(node).args(args);
+    let out = cmd.output().expect("node-crictl");
+    assert!(
+        out.status.success(),
+        "node-crictl {node} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Image refs the node's runtime holds: containerd's `k8s.io` namespace, or on the CRI-O
+/// node what CRI lists (its repo tags).
 pub fn node_images(node: &str) -> Vec<String> {
+    if node == CRIO_NODE {
+        let listed: serde_json::Value =
+            serde_json::from_str(&node_crictl(node, &["images", "-o", "json"])).unwrap();
+        return listed["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|i| i["repoTags"].as_array().cloned().unwrap_or_default())
+            .filter_map(|t| t.as_str().map(str::to_string))
+            .collect();
+    }
     node_ctr(node, &["-n", "k8s.io", "images", "ls", "-q"])
         .lines()
         .map(str::to_string)
@@ -102,12 +127,24 @@ pub fn node_images(node: &str) -> Vec<String> {
 
 /// Removes an image from a node, so tests start from "not there".
 pub fn node_remove_image(node: &str, reference: &str) {
-    let mut cmd = Command::new(repo().join("tests/cluster/node-ctr"));
-    cmd.args([node, "-n", "k8s.io", "images", "rm", "--sync", reference]);
+    let mut cmd = if node == CRIO_NODE {
+        let mut cmd = Command::new(repo().join("tests/cluster/node-crictl"));
+        cmd.args([node, "rmi", reference]);
+        cmd
+    } else {
+        let mut cmd = Command::new(repo().join("tests/cluster/node-ctr"));
+        cmd.args([node, "-n", "k8s.io", "images", "rm", "--sync", reference]);
+        cmd
+    };
     let _ = cmd.output();
 }
 
-pub const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+/// Every node of the test cluster (tests/cluster/README.md).
+pub const NODES: [&str; 4] = ["node-a", "node-b", "node-c", "node-d"];
+/// The containerd nodes (1.6, 1.7, 2.4), where `node_ctr` works.
+pub const CONTAINERD_NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+/// The CRI-O node, laid out like RHCOS: no ctr.
+pub const CRIO_NODE: &str = "node-d";
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
 pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
