@@ -568,7 +568,6 @@ fn tail(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::Platform;
     use crate::runtime::{Adapter as _, Located as _};
     use sideload_agent::protocol::{CommandResult, PathFact, PathKind};
 
@@ -612,21 +611,7 @@ mod tests {
     }
 
     fn wanted() -> Wanted {
-        Wanted {
-            refs: vec!["docker.io/library/app:v1".into()],
-            target: format!("sha256:{}", "a".repeat(64)),
-            manifest: format!("sha256:{}", "a".repeat(64)),
-            config: format!("sha256:{}", "c".repeat(64)),
-            layers: vec![
-                format!("sha256:{}", "1".repeat(64)),
-                format!("sha256:{}", "2".repeat(64)),
-            ],
-            diff_ids: vec![
-                format!("sha256:{}", "d".repeat(64)),
-                format!("sha256:{}", "e".repeat(64)),
-            ],
-            platform: Platform::new("linux", "amd64", None),
-        }
+        Wanted::sample()
     }
 
     #[test]

@@ -110,21 +110,12 @@ fn bare(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::Platform;
 
     fn wanted() -> Wanted {
-        Wanted {
-            refs: vec![
-                "docker.io/library/app:v1".into(),
-                "docker.io/library/app:v2".into(),
-            ],
-            target: "sha256:m".into(),
-            manifest: "sha256:m".into(),
-            config: "sha256:c0ffee".into(),
-            layers: vec![],
-            diff_ids: vec![],
-            platform: Platform::new("linux", "amd64", None),
-        }
+        let mut w = Wanted::sample();
+        w.refs.push("docker.io/library/app:v2".into());
+        w.config = "sha256:c0ffee".into();
+        w
     }
 
     fn ok(stdout: &str) -> CommandResult {

@@ -576,24 +576,12 @@ mod tests {
     }
 
     fn wanted() -> Wanted {
-        Wanted {
-            refs: vec![
-                "docker.io/library/app:v1".into(),
-                "docker.io/library/app:latest".into(),
-            ],
-            target: format!("sha256:{}", "a".repeat(64)),
-            manifest: format!("sha256:{}", "a".repeat(64)),
-            config: format!("sha256:{}", "c".repeat(64)),
-            layers: vec![
-                format!("sha256:{}", "1".repeat(64)),
-                format!("sha256:{}", "2".repeat(64)),
-            ],
-            diff_ids: vec![
-                format!("sha256:{}", "1".repeat(64)),
-                format!("sha256:{}", "e".repeat(64)),
-            ],
-            platform: Platform::new("linux", "arm64", None),
-        }
+        let mut w = Wanted::sample();
+        w.refs.push("docker.io/library/app:latest".into());
+        // The first layer stored uncompressed: its digest is its diff ID.
+        w.diff_ids[0] = w.layers[0].clone();
+        w.platform = Platform::new("linux", "arm64", None);
+        w
     }
 
     fn located(served: Option<&str>) -> Box<dyn crate::runtime::Located> {

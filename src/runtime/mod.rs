@@ -128,6 +128,23 @@ pub struct Wanted {
     pub platform: Platform,
 }
 
+impl Wanted {
+    /// An image with one ref and two layers, for the adapters' unit tests.
+    #[cfg(test)]
+    pub fn sample() -> Wanted {
+        let digest = |c: &str| format!("sha256:{}", c.repeat(64));
+        Wanted {
+            refs: vec!["docker.io/library/app:v1".into()],
+            target: digest("a"),
+            manifest: digest("a"),
+            config: digest("c"),
+            layers: vec![digest("1"), digest("2")],
+            diff_ids: vec![digest("d"), digest("e")],
+            platform: Platform::new("linux", "amd64", None),
+        }
+    }
+}
+
 /// What a node holds of a [`Wanted`] image.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Inventory {
