@@ -34,6 +34,11 @@ CTRD_2_BIN=$CACHE/containerd-$CONTAINERD_2_VERSION/bin
 CTRD_DEB_BIN=$CACHE/containerd-debian/bin   # symlinks to Debian's binaries (one PATH layout for all)
 CRIO_BIN=$CACHE/crio-$CRIO_VERSION/bin        # crio, pinns
 CRICTL_BIN=$CACHE/crictl-$CRICTL_VERSION/bin  # crictl
+# node-e: a k3s node. k3s stamps its kubelet "<kubernetes version>+k3s<n>", which is how the
+# plugin tells a k3s node (and its paths) apart: the same kubelet source, built a second
+# time with only the version stamp changed, cached on its own (the rest stays v1.34.4).
+K3S_VERSION=$K8S_VERSION+k3s1
+K3S_KUBELET_BIN=$CACHE/kubelet-$K3S_VERSION/bin   # kubelet
 
 # --- logging ----------------------------------------------------------------------------
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -196,8 +201,40 @@ build_crictl() {
   rm -rf "$CRICTL_BIN"; mv "$tmp" "$CRICTL_BIN"
 }
 
+# The k3s kubelet: k8s_ldflags with gitVersion v1.34.4+k3s1 (gitMajor/gitMinor, the build
+# date and the tree state stay). Its own recipe and cache dir, so build_k8s's never change.
+k3s_kubelet_ldflags() {
+  local flags; flags="$(k8s_ldflags) "
+  flags=${flags//gitVersion=$K8S_VERSION /gitVersion=$K3S_VERSION }
+  echo "${flags% }"
+}
+
+k3s_kubelet_recipe() {
+  { cat "$CLUSTER_DIR/build/go.mod" "$CLUSTER_DIR/build/go.sum"
+    declare -f build_k3s_kubelet k3s_kubelet_ldflags k8s_ldflags; } | sha256sum | cut -c1-16
+}
+
+build_k3s_kubelet() {
+  local recipe; recipe=$(k3s_kubelet_recipe)
+  recipe_ok "$K3S_KUBELET_BIN" "$recipe" && return 0
+  need_go
+  log "building kubelet $K3S_VERSION from the same Go module (after the v1.34.4 build only a link: seconds; cached in $K3S_KUBELET_BIN)"
+  local tmp=$K3S_KUBELET_BIN.tmp ld
+  ld=$(cd "$CLUSTER_DIR/build" && k3s_kubelet_ldflags)
+  case $ld in *"gitVersion=$K3S_VERSION "*) ;; *) die "kubelet ldflags lack gitVersion=$K3S_VERSION: $ld" ;; esac
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  ( cd "$CLUSTER_DIR/build" &&
+    go build -trimpath -ldflags "$ld" -o "$tmp/" k8s.io/kubernetes/cmd/kubelet ) >&2 ||
+    die "kubelet $K3S_VERSION build failed"
+  "$tmp/kubelet" --version | grep -qxF "Kubernetes $K3S_VERSION" ||
+    die "the kubelet built for node-e reports '$("$tmp/kubelet" --version)', want Kubernetes $K3S_VERSION"
+  echo "$recipe" >"$tmp/.recipe"
+  rm -rf "$K3S_KUBELET_BIN"; mv "$tmp" "$K3S_KUBELET_BIN"
+}
+
 build_all() {
   with_lock "$CACHE/.build-k8s-$K8S_VERSION.lock" build_k8s
+  with_lock "$CACHE/.build-kubelet-$K3S_VERSION.lock" build_k3s_kubelet
   with_lock "$CACHE/.build-containerd-$CONTAINERD_17_VERSION.lock" build_containerd_17
   with_lock "$CACHE/.build-containerd-$CONTAINERD_2_VERSION.lock" build_containerd_2
   with_lock "$CACHE/.build-crio-$CRIO_VERSION.lock" build_crio
