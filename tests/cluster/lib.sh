@@ -1,8 +1,8 @@
 # shellcheck shell=bash disable=SC2034  # variables here are used by the scripts that source this
 # Shared by tests/cluster/{up,down,status,smoke,node-ctr,node-crictl,node-exec}: versions,
 # paths, node table, helpers. Sourced, never run. Everything a node owns lives under its own
-# directory so that four kubelets and their runtimes (three containerds, one CRI-O) can share
-# one host without sharing state.
+# directory so that five kubelets and their runtimes (four containerds, one of them laid out
+# as k3s's, and one CRI-O) can share one host without sharing state.
 
 set -euo pipefail
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"
@@ -284,7 +284,7 @@ ensure_packages() {
 
 # --- cluster layout -------------------------------------------------------------------------
 
-NODES=(node-a node-b node-c node-d)
+NODES=(node-a node-b node-c node-d node-e)
 BRIDGE=sl-e2e0                 # in the root netns; the nodes' veths hang off it
 BRIDGE_IP=10.213.0.1           # the API server, etcd, controller-manager, scheduler bind here
 NODE_NET_PREFIX=24
@@ -297,7 +297,7 @@ SERVICE_CIDR=10.215.0.0/24
 SERVICE_IP=10.215.0.1
 RUN=/run/sideload-e2e          # short paths: unix sockets must stay under 108 bytes
 
-node_idx() { case $1 in node-a) echo 1 ;; node-b) echo 2 ;; node-c) echo 3 ;; node-d) echo 4 ;; *) die "unknown node '$1' (have: ${NODES[*]})" ;; esac; }
+node_idx() { case $1 in node-a) echo 1 ;; node-b) echo 2 ;; node-c) echo 3 ;; node-d) echo 4 ;; node-e) echo 5 ;; *) die "unknown node '$1' (have: ${NODES[*]})" ;; esac; }
 node_ip() { echo "10.213.0.1$(node_idx "$1")"; }
 node_pod_cidr() { echo "10.214.$(node_idx "$1").0/24"; }
 node_pod_gw() { echo "10.214.$(node_idx "$1").1"; }
@@ -308,24 +308,59 @@ node_dir() { echo "$E2E/nodes/$1"; }
 node_run() { echo "$RUN/$1"; }
 node_mntns() { echo "$RUN/mnt/$1"; }                # the node's mount namespace (nsfs bind mount)
 # pool=red: node-d joins no pool of the containerd nodes, so a selector for blue or green
-# still means containerd nodes only.
-node_labels() { case $1 in node-c) echo "pool=green" ;; node-d) echo "pool=red" ;; *) echo "pool=blue" ;; esac; }
+# still means kubeadm-like containerd nodes only; node-e (k3s) has a pool of its own too.
+node_labels() { case $1 in node-c) echo "pool=green" ;; node-d) echo "pool=red" ;; node-e) echo "pool=k3s" ;; *) echo "pool=blue" ;; esac; }
 node_runtime() { case $1 in node-d) echo crio ;; *) echo containerd ;; esac; }
+# How a node is laid out: kubeadm's (node-a..c), RHCOS's (node-d, CRI-O) or k3s's (node-e).
+node_flavour() { case $1 in node-d) echo rhcos ;; node-e) echo k3s ;; *) echo kubeadm ;; esac; }
 node_ctrd_bin() {
-  case $1 in node-a) echo "$CTRD_DEB_BIN" ;; node-b) echo "$CTRD_17_BIN" ;; node-c) echo "$CTRD_2_BIN" ;; esac
+  case $1 in node-a) echo "$CTRD_DEB_BIN" ;; node-b) echo "$CTRD_17_BIN" ;; node-c | node-e) echo "$CTRD_2_BIN" ;; esac
+}
+# The kubelet binary: node-e's is stamped v1.34.4+k3s1, every other node runs the release one.
+node_kubelet_bin() { case $1 in node-e) echo "$K3S_KUBELET_BIN/kubelet" ;; *) echo "$K8S_BIN/kubelet" ;; esac; }
+
+# --- k3s (node-e) ---------------------------------------------------------------------------
+# Paths as the node sees them, as k3s lays them out: the binaries it unpacks under
+# data/<hash>/bin with data/current a symlink to that dir, containerd's config, root and
+# state, and its socket. On the host all of /var/lib/rancher is the node's rancher/ dir,
+# /run/k3s is $RUN/node-e/k3s and /run/containerd (where containerd's shims keep their
+# sockets, s/, whatever containerd's state dir: so on k3s too) is $RUN/node-e/containerd.
+K3S_DATA=/var/lib/rancher/k3s/data
+K3S_BIN_DIR=$K3S_DATA/current/bin
+K3S_AGENT=/var/lib/rancher/k3s/agent
+K3S_CTRD_CONFIG=$K3S_AGENT/etc/containerd/config.toml
+K3S_CTRD_ROOT=$K3S_AGENT/containerd
+K3S_CTRD_STATE=/run/k3s/containerd
+K3S_CTRD_SOCK=$K3S_CTRD_STATE/containerd.sock
+# The host's directory behind a node-view path under /var/lib/rancher on node-e.
+k3s_host_path() { echo "$(node_dir "$1")/rancher${2#/var/lib/rancher}"; }
+
+# ctr and crictl as an admin on the node runs them (node view): kubeadm puts them on PATH,
+# k3s only under its data dir.
+node_ctr_path() { case $(node_flavour "$1") in k3s) echo "$K3S_BIN_DIR/ctr" ;; *) echo /usr/bin/ctr ;; esac; }
+node_crictl_path() { case $(node_flavour "$1") in k3s) echo "$K3S_BIN_DIR/crictl" ;; *) echo crictl ;; esac; }
+# containerd's root dir on the host (its CRI keeps a directory per sandbox in it).
+node_ctrd_root() {
+  case $(node_flavour "$1") in k3s) k3s_host_path "$1" "$K3S_CTRD_ROOT" ;; *) echo "$(node_dir "$1")/containerd/root" ;; esac
 }
 # The runtime's socket on the host, and the CRI endpoint as the node (its kubelet, a pod
 # with hostPath /) sees it: kubeadm's containerd default, or CRI-O's.
 node_sock() {
   case $(node_runtime "$1") in
     crio) echo "$RUN/$1/crio/crio.sock" ;;       # = /var/run/crio/crio.sock in the node's view
-    *) echo "$RUN/$1/containerd.sock" ;;         # = /run/containerd/containerd.sock in the node's view
+    *) case $(node_flavour "$1") in
+         k3s) echo "$RUN/$1/k3s/containerd/containerd.sock" ;;   # = /run/k3s/containerd/containerd.sock
+         *) echo "$RUN/$1/containerd.sock" ;;    # = /run/containerd/containerd.sock in the node's view
+       esac ;;
   esac
 }
 node_endpoint() {
   case $(node_runtime "$1") in
     crio) echo unix:///var/run/crio/crio.sock ;;
-    *) echo unix:///run/containerd/containerd.sock ;;
+    *) case $(node_flavour "$1") in
+         k3s) echo "unix://$K3S_CTRD_SOCK" ;;
+         *) echo unix:///run/containerd/containerd.sock ;;
+       esac ;;
   esac
 }
 # The name a node's runtime process has in pid files, logs and tracking cgroups.
@@ -338,9 +373,20 @@ node_exec() {
   nsenter "--net=/run/netns/$(node_netns "$n")" "--mount=$(node_mntns "$n")" -- "$@"
 }
 
-# node_crictl NODE ARGS...: the node's own crictl (/usr/bin/crictl in its namespace) against
-# its CRI endpoint, as an admin on that node would run it.
-node_crictl() { local n=$1; shift; node_exec "$n" crictl --runtime-endpoint "$(node_endpoint "$n")" "$@"; }
+# node_crictl NODE ARGS...: the node's own crictl (/usr/bin/crictl in its namespace; on node-e
+# k3s's, under its data dir) against its CRI endpoint, as an admin on that node would run it.
+node_crictl() { local n=$1; shift; node_exec "$n" "$(node_crictl_path "$n")" --runtime-endpoint "$(node_endpoint "$n")" "$@"; }
+
+# node_ctr NODE ARGS...: the node's own ctr against its containerd. node-a..c: that version's
+# ctr from the build cache with the socket's host path; node-e: k3s's ctr and socket, in the
+# node's namespaces (those paths exist only in its mount namespace).
+node_ctr() {
+  local n=$1; shift
+  case $(node_flavour "$n") in
+    k3s) node_exec "$n" "$(node_ctr_path "$n")" --address "$K3S_CTRD_SOCK" "$@" ;;
+    *) "$(node_ctrd_bin "$n")/ctr" --address "$(node_sock "$n")" "$@" ;;
+  esac
+}
 
 # --- CRI-O storage (node-d) -----------------------------------------------------------------
 # containers-storage under the node's own directories, named in CRI-O's crio.conf ([crio]
@@ -354,7 +400,7 @@ CRIO_STORAGE_OPTS=overlay.mountopt=nodev                  # [crio] storage_optio
 # The containers-storage transport's spec for that store: [driver@root+runroot:options].
 crio_storage_spec() { echo "[$CRIO_STORAGE_DRIVER@$(crio_root "$1")+$(crio_runroot "$1"):$CRIO_STORAGE_OPTS]"; }
 # containerd config schema: 1.6 and 1.7 read version 2, 2.x reads version 3.
-node_ctrd_schema() { case $1 in node-c) echo 3 ;; *) echo 2 ;; esac; }
+node_ctrd_schema() { case $1 in node-c | node-e) echo 3 ;; *) echo 2 ;; esac; }
 
 # --- processes ----------------------------------------------------------------------------
 # Every process `up` starts runs in a cgroup of our own (sideload-e2e/<name>), and so do its
