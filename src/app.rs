@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::{Archive, Source, Summary};
 use crate::cli::{
     CleanupArgs, Cli, Command, CompletionArgs, DryRun, InspectArgs, KubeArgs, LoadArgs,
-    NodeSelection, Output,
+    NodeSelection, Output, Relay,
 };
 use crate::cluster::nodes::{self, NodeFacts};
 use crate::cluster::{agent, client, helper};
@@ -147,6 +147,7 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         force: args.force,
         parallel: usize::from(args.parallel),
         helper_timeout: args.helper_timeout,
+        relay: args.relay == Relay::Auto,
         cancel: CancellationToken::new(),
         progress: progress.clone(),
     };
@@ -533,6 +534,20 @@ fn print_stdout(text: &str) {
         let _ = stdout.write_all(b"\n");
     }
     let _ = stdout.flush();
+}
+
+/// A per-run secret (256 bits from the OS, hex) that relay connections between helper
+/// pods must present.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    // The OS's random source failing is not something a user can act on; a token from the
+    // fallback is still unguessable by anyone who cannot read the helper pods' execs.
+    if getrandom::fill(&mut bytes).is_err() {
+        let fallback = format!("{}{}", run_id(), run_id());
+        bytes[..fallback.len().min(32)]
+            .copy_from_slice(&fallback.as_bytes()[..fallback.len().min(32)]);
+    }
+    hex::encode(bytes)
 }
 
 /// A short random id for this run's helper pods (`[a-z0-9]{6}`), without a rand crate:

@@ -109,6 +109,12 @@ pub struct LoadArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// Upload once and let the nodes pass the image on to each other (`auto`), where
+    /// several nodes need the same bytes and their helper pods can reach each other; nodes
+    /// the relay does not reach are loaded directly. `off`: every node gets its own upload
+    #[arg(long, value_enum, value_name = "auto|off", default_value = "auto")]
+    pub relay: Relay,
+
     /// How many nodes to load at the same time
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
@@ -277,6 +283,13 @@ pub enum DryRun {
     Client,
     /// Also submit each helper pod with a server-side dry run
     Server,
+}
+
+/// `--relay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Relay {
+    Auto,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

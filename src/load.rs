@@ -1,9 +1,17 @@
-//! Executing a plan: for every node to load, in parallel (bounded), helper pod up (the next
-//! candidate image if one is gone) → locate the runtime → skip if the image is already
-//! there, complete → stream and import what the node lacks → verify → helper pod down.
+//! Executing a plan, in three phases, so that nodes needing the same bytes share one upload:
+//!
+//! 1. prepare, per node in parallel (bounded): helper pod up (the next candidate image if
+//!    one is gone) → locate the runtime → what the node holds. Nodes already holding the
+//!    image, complete, end here.
+//! 2. transfer: nodes that need the same stream get it through one upload, relayed node to
+//!    node (`transfer::relay_tree`); every other node, and every relay member the stream
+//!    did not reach, gets its own stream.
+//! 3. verify, per node through CRI; then every helper pod is deleted.
+//!
 //! Runtime-agnostic: every runtime is driven through `runtime::Adapter`. One node's failure
 //! never stops the others; each ends with a `NodeResult`.
 
+use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,16 +22,22 @@ use indicatif::ProgressBar;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use serde::Serialize;
-use sideload_agent::protocol;
+use sideload_agent::protocol::{self, Relay, RelaySource};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archive;
 use crate::cluster::agent::Agent;
+use crate::cluster::exec::Output;
 use crate::cluster::helper::{self, HelperSpec, Started};
 use crate::plan::{Decision, NodePlan, Plan};
 use crate::progress::Progress;
 use crate::runtime::{Inventory, Located, Wanted};
-use crate::transfer::Transfer;
+use crate::transfer::{self, Transfer};
+
+/// How long a relay member waits for its upstream to connect, and how long a member keeps
+/// trying to reach its peers: past these, the member is loaded directly.
+const RELAY_WAIT_SECS: u64 = 20;
+const RELAY_CONNECT_SECS: u64 = 5;
 
 /// How one node ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,7 +52,10 @@ pub enum Status {
 pub struct NodeResult {
     pub name: String,
     pub status: Status,
+    /// Bytes the plugin itself sent to this node (0 for a node fed by relay).
     pub bytes_sent: u64,
+    /// Bytes of stream the node took in, from the plugin or a relay peer.
+    pub bytes_received: u64,
     /// Layers not sent because the node already held them.
     pub layers_reused: usize,
     pub seconds: f64,
@@ -49,6 +66,9 @@ pub struct NodeResult {
     pub runtime: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verified_by: Option<String>,
+    /// How the bytes came: "direct", "relay from NODE", or why a relay fell back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// Settings of a run that every node shares.
@@ -58,91 +78,173 @@ pub struct Run {
     pub force: bool,
     pub parallel: usize,
     pub helper_timeout: Duration,
+    /// Let nodes that need the same stream pass it on to each other (`--relay`).
+    pub relay: bool,
     /// Cancelled on Ctrl-C: nodes not started yet never start, and a node in flight stops
-    /// at once and deletes its helper pod. The pod is deleted by the task that created it,
-    /// so a create still in flight when the signal came is never orphaned.
+    /// at once. Every helper pod created is deleted before `execute` returns, so a create
+    /// still in flight when the signal came is never orphaned.
     pub cancel: CancellationToken,
     pub progress: Progress,
 }
 
-/// Loads every node the plan says to, at most `parallel` at a time.
+/// A node between the phases: its helper runs, its runtime is located, its inventory taken.
+struct Ready<'p> {
+    node: &'p NodePlan,
+    wanted: &'p Wanted,
+    pod: String,
+    pod_ip: Option<String>,
+    located: Box<dyn Located>,
+    inventory: Inventory,
+    bar: ProgressBar,
+    started: Instant,
+    runtime: String,
+}
+
+/// What phase 2 made of a ready node.
+enum Moved {
+    Imported {
+        sent: u64,
+        received: u64,
+        reused: usize,
+        via: String,
+    },
+    Failed(anyhow::Error, String),
+}
+
+/// Loads every node the plan says to.
 pub async fn execute(run: &Run, plan: &Plan) -> Vec<NodeResult> {
     let pods: Api<Pod> = Api::namespaced(run.client.clone(), &plan.helper_namespace);
-    futures::stream::iter(plan.nodes.iter())
-        .map(|node| load_node(run, &pods, plan, node))
-        .buffered(run.parallel.max(1))
-        .collect()
-        .await
+    let mut results: BTreeMap<usize, NodeResult> = BTreeMap::new();
+
+    // Phase 1.
+    let prepared: Vec<(usize, Result<Ready<'_>, NodeResult>)> =
+        futures::stream::iter(plan.nodes.iter().enumerate())
+            .map(|(i, node)| {
+                let pods = &pods;
+                async move { (i, prepare(run, pods, plan, node).await) }
+            })
+            .buffered(run.parallel.max(1))
+            .collect()
+            .await;
+    let mut ready = Vec::new();
+    for (i, p) in prepared {
+        match p {
+            Ok(r) => ready.push((i, r)),
+            Err(done) => {
+                results.insert(i, done);
+            }
+        }
+    }
+
+    // Phase 2.
+    let moved = move_bytes(run, &pods, &ready).await;
+
+    // Phase 3, and the helpers go.
+    let finished = futures::future::join_all(ready.iter().zip(moved).map(|((i, r), m)| {
+        let pods = &pods;
+        async move { (*i, finish(run, pods, r, m).await) }
+    }))
+    .await;
+    results.extend(finished);
+    results.into_values().collect()
 }
 
-/// What happened on a node that went well.
-enum Outcome {
-    Loaded { sent: u64, reused: usize },
-    AlreadyThere,
-}
-
-/// What a node's steps learnt, for the report, whatever the outcome.
-#[derive(Default)]
-struct Seen {
-    runtime: Option<String>,
-    verified_by: Option<String>,
-}
-
-async fn load_node(run: &Run, pods: &Api<Pod>, plan: &Plan, node: &NodePlan) -> NodeResult {
-    let started = Instant::now();
-    let mut seen = Seen::default();
-    let result = |status, (bytes_sent, layers_reused), error, seen: Seen| NodeResult {
-        name: node.node.name.clone(),
+fn result(node: &str, started: Instant, status: Status, error: Option<String>) -> NodeResult {
+    NodeResult {
+        name: node.to_string(),
         status,
-        bytes_sent,
-        layers_reused,
+        bytes_sent: 0,
+        bytes_received: 0,
+        layers_reused: 0,
         seconds: started.elapsed().as_secs_f64(),
         error,
-        runtime: seen.runtime,
-        verified_by: seen.verified_by,
-    };
-    match &node.decision {
-        Decision::Skip { reason } | Decision::Refuse { reason } => {
-            return result(Status::Skipped, (0, 0), Some(reason.clone()), seen);
-        }
-        Decision::Load { .. } => {}
+        runtime: None,
+        verified_by: None,
+        via: None,
     }
-    let bar = run.progress.node_bar(&node.node.name);
-    let outcome = with_helper(run, pods, plan, node, &bar, &mut seen).await;
-    match outcome {
-        Ok(Outcome::Loaded { sent, reused }) => {
-            bar.finish_with_message("loaded");
-            result(Status::Loaded, (sent, reused), None, seen)
+}
+
+/// Phase 1 for one node: `Ok` when it needs bytes (its helper then stays up), else its
+/// result (and its helper is gone already).
+async fn prepare<'p>(
+    run: &Run,
+    pods: &Api<Pod>,
+    plan: &'p Plan,
+    node: &'p NodePlan,
+) -> Result<Ready<'p>, NodeResult> {
+    let started = Instant::now();
+    let name = node.node.name.as_str();
+    let wanted = match &node.decision {
+        Decision::Skip { reason } | Decision::Refuse { reason } => {
+            return Err(result(name, started, Status::Skipped, Some(reason.clone())));
         }
-        Ok(Outcome::AlreadyThere) => {
+        Decision::Load { wanted, .. } => wanted.as_ref(),
+    };
+    let bar = run.progress.node_bar(name);
+    let failed = |err: anyhow::Error, bar: &ProgressBar| {
+        bar.abandon_with_message("failed");
+        result(name, started, Status::Failed, Some(format!("{err:#}")))
+    };
+    let (pod, pod_ip) = match start_helper(run, pods, plan, node, &bar).await {
+        Ok(p) => p,
+        Err(err) => return Err(failed(err, &bar)),
+    };
+    let agent = Agent { pods, pod: &pod };
+    let looked = tokio::select! {
+        looked = look(&agent, node, wanted, &bar) => looked,
+        () = run.cancel.cancelled() => Err(anyhow!("interrupted")),
+    };
+    match looked {
+        Ok((located, inventory)) if run.force || !inventory.missing.is_empty() => {
+            let runtime = located.describe();
+            Ok(Ready {
+                node,
+                wanted,
+                pod,
+                pod_ip,
+                located,
+                inventory,
+                bar,
+                started,
+                runtime,
+            })
+        }
+        Ok((located, inventory)) => {
+            let removed = remove(pods, &pod, &bar).await;
             bar.finish_with_message("already present");
-            result(
+            let mut r = result(
+                name,
+                started,
                 Status::Skipped,
-                (0, 0),
                 Some(
                     "already present, complete, with the same digest (use --force to re-import)"
                         .into(),
                 ),
-                seen,
-            )
+            );
+            r.runtime = Some(located.describe());
+            r.verified_by = Some(inventory.checked_by);
+            if let Err(err) = removed {
+                r.status = Status::Failed;
+                r.error = Some(format!("{err:#}"));
+            }
+            Err(r)
         }
         Err(err) => {
-            bar.abandon_with_message("failed");
-            result(Status::Failed, (0, 0), Some(format!("{err:#}")), seen)
+            let _ = remove(pods, &pod, &bar).await;
+            Err(failed(err, &bar))
         }
     }
 }
 
-/// Starts a helper pod (trying the next candidate image while one cannot be used), runs
-/// the node's steps in it and always removes it afterwards.
-async fn with_helper(
+/// Starts the node's helper pod, trying the next candidate image while one cannot be
+/// used; returns the running pod's name and IP. A pod that did not run is deleted here.
+async fn start_helper(
     run: &Run,
     pods: &Api<Pod>,
     plan: &Plan,
     node: &NodePlan,
     bar: &ProgressBar,
-    seen: &mut Seen,
-) -> Result<Outcome> {
+) -> Result<(String, Option<String>)> {
     let Decision::Load {
         candidates,
         needs,
@@ -150,7 +252,7 @@ async fn with_helper(
         ..
     } = &node.decision
     else {
-        unreachable!("only Load decisions reach with_helper");
+        unreachable!("only Load decisions start helpers");
     };
     let mut unusable = Vec::new();
     for (attempt, candidate) in candidates.iter().enumerate() {
@@ -175,37 +277,24 @@ async fn with_helper(
         // name to delete it.
         let name = helper::create(pods, &pod, false).await?;
         tracing::debug!(node = %node.node.name, pod = %name, image = %candidate.image, "helper pod created");
-        let work = async {
-            match helper::wait_running(pods, &name, run.helper_timeout).await? {
-                Started::Running => {
-                    tracing::debug!(node = %node.node.name, "helper pod running");
-                    let agent = Agent { pods, pod: &name };
-                    steps(run, &agent, node, bar, seen).await.map(Ok)
-                }
-                Started::ImageUnusable(why) => Ok::<_, anyhow::Error>(Err(why)),
-            }
-        };
-        let outcome = tokio::select! {
-            outcome = work => outcome,
+        let started = tokio::select! {
+            started = helper::wait_running(pods, &name, run.helper_timeout) => started,
             () = run.cancel.cancelled() => Err(anyhow!("interrupted")),
         };
-        bar.set_message("removing helper pod");
-        let removed = helper::delete(pods, &name, Duration::from_secs(30)).await;
-        tracing::debug!(node = %node.node.name, pod = %name, "helper pod deleted");
-        let removed = removed.with_context(|| {
-            format!("could not delete helper pod {name}; run `kubectl sideload cleanup`")
-        });
-        match outcome {
-            Ok(Ok(done)) => {
-                removed?;
-                return Ok(done);
+        match started {
+            Ok(Started::Running(ip)) => {
+                tracing::debug!(node = %node.node.name, ?ip, "helper pod running");
+                return Ok((name, ip));
             }
-            Ok(Err(why)) => {
+            Ok(Started::ImageUnusable(why)) => {
                 tracing::debug!(node = %node.node.name, image = %candidate.image, %why, "helper image unusable, trying the next");
                 unusable.push(format!("{} ({why})", candidate.image));
-                removed?;
+                remove(pods, &name, bar).await?;
             }
-            Err(err) => return Err(err),
+            Err(err) => {
+                let _ = remove(pods, &name, bar).await;
+                return Err(err);
+            }
         }
     }
     bail!(
@@ -215,20 +304,24 @@ async fn with_helper(
     )
 }
 
-/// The node's steps, in its running helper.
-async fn steps(
-    run: &Run,
+async fn remove(pods: &Api<Pod>, name: &str, bar: &ProgressBar) -> Result<()> {
+    bar.set_message("removing helper pod");
+    let removed = helper::delete(pods, name, Duration::from_secs(30)).await;
+    tracing::debug!(pod = %name, "helper pod deleted");
+    removed.with_context(|| {
+        format!("could not delete helper pod {name}; run `kubectl sideload cleanup`")
+    })
+}
+
+/// Where the runtime is and what the node holds of the image.
+async fn look(
     agent: &Agent<'_>,
     node: &NodePlan,
+    wanted: &Wanted,
     bar: &ProgressBar,
-    seen: &mut Seen,
-) -> Result<Outcome> {
-    let Decision::Load { wanted, .. } = &node.decision else {
-        unreachable!("only Load decisions reach steps");
-    };
+) -> Result<(Box<dyn Located>, Inventory)> {
     let adapter = node.node.runtime.adapter().map_err(|e| anyhow!(e))?;
     let endpoint = node.node.runtime_endpoint.as_deref();
-
     bar.set_message("finding the runtime");
     let answer = agent
         .query(&adapter.locate_query(endpoint), "locate")
@@ -238,89 +331,10 @@ async fn steps(
         let answer = agent.query(&query, "probe").await?;
         located.configure(&answer)?;
     }
-    seen.runtime = Some(located.describe());
     tracing::debug!(node = %node.node.name, runtime = %located.describe(), "runtime located");
-
-    let before = inventory(agent, located.as_ref(), wanted).await?;
-    if !run.force && before.missing.is_empty() {
-        seen.verified_by = Some(before.checked_by);
-        return Ok(Outcome::AlreadyThere);
-    }
-    tracing::debug!(node = %node.node.name, missing = ?before.missing, present = before.layers_present.len(), "what the node lacks");
-
-    // Layers the node already holds (the unchanged base of a rebuilt image) stay out of the
-    // stream; the importer takes them from the node. `--force` sends everything.
-    let skip = if run.force {
-        Default::default()
-    } else {
-        before.layers_present
-    };
-    let image = run.archive.image_for(&node.node.platform)?.clone();
-    let transfer = Transfer::new(
-        Arc::clone(&run.archive),
-        image,
-        skip,
-        located.stream_refs(wanted),
-    )?;
-    let reused = transfer.reused();
-    bar.set_message(if reused == 0 {
-        "sending".to_string()
-    } else {
-        format!("sending (reusing {reused} layer(s) on the node)")
-    });
-    bar.set_length(transfer.len());
-    let request = located.import(wanted, transfer.len());
-    let counter = bar.clone();
-    let (out, written) = agent
-        .run(&request, move |w| {
-            let mut counting = Counting {
-                inner: w,
-                bar: counter,
-            };
-            transfer.write(&mut counting)
-        })
-        .await?;
-    tracing::debug!(node = %node.node.name, "stream sent and import finished");
-    if out.exit_code != 0 {
-        let err = match out.exit_code {
-            protocol::STREAM_SHORT => anyhow!(
-                "the stream to the node ended early ({}); nothing was imported",
-                out.stderr.trim()
-            ),
-            protocol::TIMED_OUT => anyhow!("the import on the node timed out and was stopped"),
-            _ => out.check("the import").unwrap_err(),
-        };
-        return Err(if reused > 0 {
-            err.context(format!(
-                "{reused} layer(s) were taken from the node's store instead of sent; if the \
-                 store lost one meanwhile, run again with --force to send every layer"
-            ))
-        } else {
-            err
-        });
-    }
-    let sent =
-        written.map_err(|e| anyhow!("streaming the archive failed after the import ended: {e}"))?;
-
-    bar.set_message("verifying");
-    // CRI learns of an import from the runtime's events: give it a moment.
-    let mut after = inventory(agent, located.as_ref(), wanted).await?;
-    for _ in 0..10 {
-        if after.missing.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        after = inventory(agent, located.as_ref(), wanted).await?;
-    }
-    if !after.missing.is_empty() {
-        bail!(
-            "import finished but the runtime does not hold the image as it must: {}",
-            after.missing.join("; ")
-        );
-    }
-    seen.verified_by = Some(after.checked_by);
-    tracing::debug!(node = %node.node.name, "verified");
-    Ok(Outcome::Loaded { sent, reused })
+    let inventory = inventory(agent, located.as_ref(), wanted).await?;
+    tracing::debug!(node = %node.node.name, missing = ?inventory.missing, present = inventory.layers_present.len(), "what the node lacks");
+    Ok((located, inventory))
 }
 
 async fn inventory(agent: &Agent<'_>, located: &dyn Located, wanted: &Wanted) -> Result<Inventory> {
@@ -328,6 +342,340 @@ async fn inventory(agent: &Agent<'_>, located: &dyn Located, wanted: &Wanted) ->
         .query(&located.inventory_query(wanted), "inventory")
         .await?;
     located.inventory(wanted, &answer)
+}
+
+/// Phase 2: the bytes, for every ready node (results in the same order).
+async fn move_bytes(run: &Run, pods: &Api<Pod>, ready: &[(usize, Ready<'_>)]) -> Vec<Moved> {
+    // Nodes that need the very same stream: the same platform image under the same names.
+    let mut groups: BTreeMap<(String, Vec<String>), Vec<usize>> = BTreeMap::new();
+    for (k, (_, r)) in ready.iter().enumerate() {
+        let key = (r.wanted.manifest.clone(), r.located.stream_refs(r.wanted));
+        groups.entry(key).or_default().push(k);
+    }
+    let mut moved: Vec<Option<Moved>> = (0..ready.len()).map(|_| None).collect();
+    let mut direct = Vec::new();
+    let mut relays = Vec::new();
+    for members in groups.into_values() {
+        let relayable =
+            run.relay && members.len() > 1 && members.iter().all(|&k| ready[k].1.pod_ip.is_some());
+        if relayable {
+            relays.push(members);
+        } else {
+            direct.extend(members.into_iter().map(|k| (k, "direct".to_string())));
+        }
+    }
+    // Relays first, all at once (members mostly wait for bytes); what they did not reach
+    // is loaded directly afterwards.
+    let relayed = futures::future::join_all(
+        relays
+            .iter()
+            .map(|members| relay(run, pods, ready, members)),
+    )
+    .await;
+    for (members, outcome) in relays.iter().zip(relayed) {
+        for (&k, m) in members.iter().zip(outcome) {
+            match m {
+                Ok(m) => moved[k] = Some(m),
+                Err(why) => direct.push((k, format!("direct ({why})"))),
+            }
+        }
+    }
+    let directs: Vec<(usize, Moved)> = futures::stream::iter(direct)
+        .map(|(k, via)| async move {
+            let r = &ready[k].1;
+            (k, stream_direct(run, pods, r, via).await)
+        })
+        .buffer_unordered(run.parallel.max(1))
+        .collect()
+        .await;
+    for (k, m) in directs {
+        moved[k] = Some(m);
+    }
+    moved
+        .into_iter()
+        .map(|m| m.unwrap_or_else(|| Moved::Failed(anyhow!("no transfer was run"), String::new())))
+        .collect()
+}
+
+/// The layers to leave out of a stream to these nodes: those every one of them holds.
+fn common_layers<'a>(run: &Run, nodes: impl IntoIterator<Item = &'a Ready<'a>>) -> HashSet<String> {
+    if run.force {
+        return HashSet::new();
+    }
+    let mut nodes = nodes.into_iter();
+    let Some(first) = nodes.next() else {
+        return HashSet::new();
+    };
+    let mut common = first.inventory.layers_present.clone();
+    for r in nodes {
+        common.retain(|l| r.inventory.layers_present.contains(l));
+    }
+    common
+}
+
+fn transfer_for<'a>(
+    run: &Run,
+    nodes: impl IntoIterator<Item = &'a Ready<'a>> + Clone,
+) -> Result<Transfer> {
+    let first = nodes
+        .clone()
+        .into_iter()
+        .next()
+        .expect("a transfer has a node");
+    let image = run.archive.image_for(&first.node.node.platform)?.clone();
+    Transfer::new(
+        Arc::clone(&run.archive),
+        image,
+        common_layers(run, nodes),
+        first.located.stream_refs(first.wanted),
+    )
+}
+
+/// One node's own stream from the plugin.
+async fn stream_direct(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, via: String) -> Moved {
+    let work = async {
+        let transfer = transfer_for(run, [r])?;
+        let reused = transfer.reused();
+        r.bar.set_message(if reused == 0 {
+            "sending".to_string()
+        } else {
+            format!("sending (reusing {reused} layer(s) on the node)")
+        });
+        r.bar.set_length(transfer.len());
+        let mut request = r.located.import(r.wanted, transfer.len());
+        request.index_digest = Some(transfer.index_sha256().to_string());
+        let agent = Agent { pods, pod: &r.pod };
+        let counter = r.bar.clone();
+        let (out, written) = agent
+            .run(&request, move |w| {
+                let mut counting = Counting {
+                    inner: w,
+                    bar: counter,
+                };
+                transfer.write(&mut counting)
+            })
+            .await?;
+        import_outcome(&out, reused)?;
+        let sent = written
+            .map_err(|e| anyhow!("streaming the archive failed after the import ended: {e}"))?;
+        Ok::<_, anyhow::Error>((sent, reused))
+    };
+    let done = tokio::select! {
+        done = work => done,
+        () = run.cancel.cancelled() => Err(anyhow!("interrupted")),
+    };
+    match done {
+        Ok((sent, reused)) => Moved::Imported {
+            sent,
+            received: sent,
+            reused,
+            via,
+        },
+        Err(err) => Moved::Failed(err, via),
+    }
+}
+
+/// One upload for all `members` (indexes into `ready`), relayed node to node. Per member:
+/// what came of it, or `Err(why)` when it must be loaded directly instead.
+async fn relay(
+    run: &Run,
+    pods: &Api<Pod>,
+    ready: &[(usize, Ready<'_>)],
+    members: &[usize],
+) -> Vec<Result<Moved, String>> {
+    let nodes: Vec<&Ready<'_>> = members.iter().map(|&k| &ready[k].1).collect();
+    let nodes = &nodes;
+    let transfer = match transfer_for(run, nodes.iter().copied()) {
+        Ok(t) => t,
+        Err(err) => return nodes.iter().map(|_| Err(format!("{err:#}"))).collect(),
+    };
+    let token = crate::app::random_token();
+    let tree = transfer::relay_tree(nodes.len());
+    let addr = |r: &Ready<'_>| {
+        format!(
+            "{}:{}",
+            r.pod_ip.as_deref().unwrap_or_default(),
+            protocol::RELAY_PORT
+        )
+    };
+    let head = nodes[0].node.node.name.clone();
+    let reused = transfer.reused();
+    tracing::debug!(head = %head, members = nodes.len(), depth = transfer::relay_depth(nodes.len()), reused, "relaying one upload");
+    let token = &token;
+    let tree = &tree;
+    let runs = nodes.iter().enumerate().map(|(i, r)| {
+        let mut request = r.located.import(r.wanted, transfer.len());
+        request.index_digest = Some(transfer.index_sha256().to_string());
+        request.relay = Some(Relay {
+            source: if i == 0 {
+                RelaySource::Stdin
+            } else {
+                RelaySource::Listen {
+                    port: protocol::RELAY_PORT,
+                    wait_secs: RELAY_WAIT_SECS,
+                }
+            },
+            peers: tree[i].iter().map(|&c| addr(nodes[c])).collect(),
+            token: token.clone(),
+            index_digest: transfer.index_sha256().to_string(),
+            connect_secs: RELAY_CONNECT_SECS,
+        });
+        let upstream = (i > 0).then(|| nodes[(i - 1) / transfer::FANOUT].node.node.name.clone());
+        let len = transfer.len();
+        let transfer = transfer.clone();
+        async move {
+            let agent = Agent { pods, pod: &r.pod };
+            let work = async {
+                if i == 0 {
+                    r.bar.set_message(format!("sending once for {} node(s)", nodes.len()));
+                    r.bar.set_length(transfer.len());
+                    let counter = r.bar.clone();
+                    let (out, written) = agent
+                        .run(&request, move |w| {
+                            let mut counting = Counting { inner: w, bar: counter };
+                            transfer.write(&mut counting)
+                        })
+                        .await?;
+                    Ok::<_, anyhow::Error>((out, written.unwrap_or(0)))
+                } else {
+                    r.bar.set_message(format!(
+                        "receiving through {}",
+                        upstream.as_deref().unwrap_or("the relay")
+                    ));
+                    Ok((agent.run_without_input(&request).await?, 0))
+                }
+            };
+            let done = tokio::select! {
+                done = work => done,
+                () = run.cancel.cancelled() => Err(anyhow!("interrupted")),
+            };
+            let via = match &upstream {
+                None => format!("relay head for {} node(s)", nodes.len()),
+                Some(up) => format!("relay from {up}"),
+            };
+            match done {
+                Ok((out, sent)) => {
+                    tracing::debug!(node = %r.node.node.name, code = out.exit_code, stderr = %out.stderr, "relay member finished");
+                    match out.exit_code {
+                        protocol::NO_RELAY_SOURCE | protocol::STREAM_SHORT => Err(format!(
+                            "the relay did not reach it: {}",
+                            last_line(&out.stderr)
+                        )),
+                        _ => Ok(match import_outcome(&out, reused) {
+                            Ok(()) => Moved::Imported {
+                                sent,
+                                received: len,
+                                reused,
+                                via,
+                            },
+                            Err(err) => Moved::Failed(err, via),
+                        }),
+                    }
+                }
+                Err(err) if run.cancel.is_cancelled() => Ok(Moved::Failed(err, via)),
+                Err(err) => Err(format!("{err:#}")),
+            }
+        }
+    });
+    futures::future::join_all(runs).await
+}
+
+/// Reads an import's exit: ok, or the error with its reason.
+fn import_outcome(out: &Output, reused: usize) -> Result<()> {
+    if out.exit_code == 0 {
+        return Ok(());
+    }
+    let err = match out.exit_code {
+        protocol::STREAM_SHORT => anyhow!(
+            "the stream to the node ended early ({}); nothing was imported",
+            last_line(&out.stderr)
+        ),
+        protocol::TIMED_OUT => anyhow!("the import on the node timed out and was stopped"),
+        _ => out.clone().check("the import").unwrap_err(),
+    };
+    Err(if reused > 0 {
+        err.context(format!(
+            "{reused} layer(s) were taken from the node's store instead of sent; if the store \
+             lost one meanwhile, run again with --force to send every layer"
+        ))
+    } else {
+        err
+    })
+}
+
+fn last_line(text: &str) -> &str {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .trim()
+}
+
+/// Phase 3 for one node: verify what was imported, then remove its helper.
+async fn finish(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, moved: Moved) -> NodeResult {
+    let name = r.node.node.name.as_str();
+    let mut out = result(name, r.started, Status::Failed, None);
+    out.runtime = Some(r.runtime.clone());
+    let verified = match moved {
+        Moved::Imported {
+            sent,
+            received,
+            reused,
+            via,
+        } => {
+            out.bytes_sent = sent;
+            out.bytes_received = received;
+            out.layers_reused = reused;
+            out.via = Some(via);
+            r.bar.set_message("verifying");
+            let agent = Agent { pods, pod: &r.pod };
+            tokio::select! {
+                v = verify(&agent, r) => v,
+                () = run.cancel.cancelled() => Err(anyhow!("interrupted")),
+            }
+        }
+        Moved::Failed(err, via) => {
+            out.via = (!via.is_empty()).then_some(via);
+            Err(err)
+        }
+    };
+    let removed = remove(pods, &r.pod, &r.bar).await;
+    match verified.and_then(|by| removed.map(|()| by)) {
+        Ok(by) => {
+            r.bar.finish_with_message("loaded");
+            out.status = Status::Loaded;
+            out.verified_by = Some(by);
+        }
+        Err(err) => {
+            r.bar.abandon_with_message("failed");
+            out.bytes_sent = 0;
+            out.bytes_received = 0;
+            out.error = Some(format!("{err:#}"));
+        }
+    }
+    out.seconds = r.started.elapsed().as_secs_f64();
+    out
+}
+
+/// The runtime holds the image as it must; CRI learns of an import from the runtime's
+/// events, so it gets a moment.
+async fn verify(agent: &Agent<'_>, r: &Ready<'_>) -> Result<String> {
+    let mut after = inventory(agent, r.located.as_ref(), r.wanted).await?;
+    for _ in 0..10 {
+        if after.missing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        after = inventory(agent, r.located.as_ref(), r.wanted).await?;
+    }
+    if !after.missing.is_empty() {
+        bail!(
+            "import finished but the runtime does not hold the image as it must: {}",
+            after.missing.join("; ")
+        );
+    }
+    tracing::debug!(node = %r.node.node.name, "verified");
+    Ok(after.checked_by)
 }
 
 /// Counts bytes into the node's progress bar as they go out.

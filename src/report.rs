@@ -101,8 +101,16 @@ fn nodes_table(summary: &Summary, results: &[NodeResult]) -> String {
             format!("{:.1}s", r.seconds),
             match (&r.error, r.layers_reused) {
                 (Some(error), _) => error.clone(),
-                (None, 0) => String::new(),
-                (None, n) => format!("{n} layer(s) already on the node, not sent"),
+                (None, n) => {
+                    let mut parts = Vec::new();
+                    if let Some(via) = r.via.as_deref().filter(|v| *v != "direct") {
+                        parts.push(via.to_string());
+                    }
+                    if n > 0 {
+                        parts.push(format!("{n} layer(s) already on the node, not sent"));
+                    }
+                    parts.join("; ")
+                }
             },
         ]);
     }
@@ -231,11 +239,13 @@ mod tests {
             name: "node-a".into(),
             status: Status::Loaded,
             bytes_sent: 1,
+            bytes_received: 1,
             layers_reused: 0,
             seconds: 1.0,
             error: None,
             runtime: None,
             verified_by: None,
+            via: None,
         };
         let w = WorkloadResult {
             kind: "StatefulSet",

@@ -11,6 +11,7 @@ mod host;
 mod ocidir;
 mod pause;
 mod run;
+mod stream;
 
 use std::io::Write;
 use std::process::ExitCode;

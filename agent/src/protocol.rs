@@ -30,6 +30,8 @@ pub const AGENT_FAILED: i32 = 125;
 pub const STREAM_SHORT: i32 = 124;
 /// Exit code when a command ran past its timeout and was killed.
 pub const TIMED_OUT: i32 = 123;
+/// Exit code of a relay member that no peer connected to in time: load it directly.
+pub const NO_RELAY_SOURCE: i32 = 122;
 
 /// The verbs, i.e. argv[1].
 pub mod verb {
@@ -200,7 +202,44 @@ pub struct Run {
     /// each path must lie directly in `scratch_at` (configuration a host tool reads).
     #[serde(default)]
     pub files: BTreeMap<String, String>,
+    /// sha256 (hex) of the `index.json` the stream must carry: the one the plugin wrote.
+    #[serde(default)]
+    pub index_digest: Option<String>,
+    /// Where the stream comes from and goes on to when nodes relay it to each other;
+    /// absent: from the exec's stdin, to nobody.
+    #[serde(default)]
+    pub relay: Option<Relay>,
 }
+
+/// One node's part in a relay: the plugin uploads once, to the head; every member passes
+/// the bytes on to its `peers` as they arrive, while importing them itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relay {
+    pub source: RelaySource,
+    /// `ip:port` of the members this one feeds.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// A per-run secret every relay connection must present first.
+    pub token: String,
+    /// sha256 (hex) of the stream's `index.json`: a stream that names another image is
+    /// refused before anything is imported.
+    pub index_digest: String,
+    /// How long to keep trying to reach each peer.
+    pub connect_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "kebab-case")]
+pub enum RelaySource {
+    /// The head: the exec's stdin.
+    Stdin,
+    /// A member: the first connection on `port` that presents the token, within
+    /// `wait_secs` (else exit [`NO_RELAY_SOURCE`]).
+    Listen { port: u16, wait_secs: u64 },
+}
+
+/// The port relay members listen on, in their own pod's network namespace.
+pub const RELAY_PORT: u16 = 7741;
 
 /// How the exec's stdin reaches the command. Lengths are announced up front: the exec
 /// protocol v4 has no stdin close, so the end of a stream must be known by count.
@@ -243,6 +282,17 @@ mod tests {
                 "[storage]\n".to_string(),
             )]
             .into(),
+            index_digest: None,
+            relay: Some(Relay {
+                source: RelaySource::Listen {
+                    port: RELAY_PORT,
+                    wait_secs: 10,
+                },
+                peers: vec!["10.0.0.2:7741".into()],
+                token: "t".into(),
+                index_digest: "0".repeat(64),
+                connect_secs: 5,
+            }),
         };
         let json = serde_json::to_string(&run).unwrap();
         assert!(json.contains(r#""mode":"oci-dir""#), "{json}");

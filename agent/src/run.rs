@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sideload_agent::protocol::{self, Command, Run, Stdin};
 
+use crate::stream::{self, Stream};
 use crate::{host, ocidir};
 
 /// Bytes moved per read from the exec's stdin.
@@ -69,15 +70,47 @@ fn write_files(request: &Run) -> Result<Vec<String>, String> {
 }
 
 fn commands(request: &Run, first: &Command, rest: &[Command]) -> Result<i32, String> {
-    let code = match &request.stdin {
-        Stdin::None => plain(first)?,
-        Stdin::Pipe { bytes } => pipe(first, *bytes)?,
-        Stdin::OciDir { bytes, dir } => return staged(&request.commands, *bytes, dir),
+    if matches!(request.stdin, Stdin::None) {
+        let code = plain(first)?;
+        return if code != 0 { Ok(code) } else { sequence(rest) };
+    }
+    let mut input = match &request.relay {
+        None => Stream::stdin(request.index_digest.clone()),
+        Some(relay) => match Stream::relay(relay) {
+            Ok(stream) => stream,
+            Err(stream::Source::NoConnection(why)) => {
+                eprintln!("sideload-agent: {why}");
+                return Ok(protocol::NO_RELAY_SOURCE);
+            }
+            Err(stream::Source::Failed(why)) => return Err(why),
+        },
     };
-    if code != 0 {
+    let code = match &request.stdin {
+        Stdin::None => unreachable!("handled above"),
+        Stdin::Pipe { bytes } => pipe(first, *bytes, &mut input),
+        Stdin::OciDir { bytes, dir } => staged(&request.commands, *bytes, dir, &mut input),
+    };
+    // The peers downstream get the rest of the stream even when the import here failed.
+    if input.feeds_peers() && !input.source_failed {
+        let left = remaining(&request.stdin, input.read);
+        let _ = std::io::copy(&mut (&mut input).take(left), &mut std::io::sink());
+    }
+    for line in input.finish() {
+        eprintln!("sideload-agent: {line}");
+    }
+    let code = code?;
+    if code != 0 || matches!(request.stdin, Stdin::OciDir { .. }) {
         return Ok(code);
     }
     sequence(rest)
+}
+
+/// Stream bytes not read yet.
+fn remaining(stdin: &Stdin, read: u64) -> u64 {
+    match stdin {
+        Stdin::None => 0,
+        Stdin::Pipe { bytes } | Stdin::OciDir { bytes, .. } => bytes.saturating_sub(read),
+    }
 }
 
 /// Runs `commands` in order with no stdin; the first non-zero exit code ends it.
@@ -116,28 +149,44 @@ fn plain(command: &Command) -> Result<i32, String> {
     host::wait(&mut child, None)
 }
 
-fn pipe(command: &Command, bytes: u64) -> Result<i32, String> {
+fn pipe(command: &Command, bytes: u64, input: &mut Stream) -> Result<i32, String> {
     let mut child = host::spawn(command, Stdio::piped(), Stdio::inherit(), Stdio::inherit())?;
-    let mut to_child = child.stdin.take().ok_or("no stdin pipe")?;
-    let mut input = std::io::stdin().lock();
+    let mut to_child = Some(child.stdin.take().ok_or("no stdin pipe")?);
     let mut buf = vec![0u8; BUFFER];
     let mut moved: u64 = 0;
     let mut child_stopped_reading = false;
+    let mut bad_stream = None;
     while moved < bytes {
         let want = usize::try_from((bytes - moved).min(BUFFER as u64)).unwrap_or(BUFFER);
         let n = match input.read(&mut buf[..want]) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                bad_stream = Some(e.to_string());
+                break;
+            }
             Err(_) => break,
         };
-        if to_child.write_all(&buf[..n]).is_err() {
+        moved += n as u64;
+        if let Some(pipe) = &mut to_child
+            && pipe.write_all(&buf[..n]).is_err()
+        {
             child_stopped_reading = true;
+            to_child = None;
+        }
+        // A command that stopped reading has failed; the peers downstream still get the
+        // whole stream (the caller drains it).
+        if to_child.is_none() {
             break;
         }
-        moved += n as u64;
     }
     drop(to_child); // the command's end of stream
+    if let Some(why) = bad_stream {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(why);
+    }
     if moved < bytes && !child_stopped_reading {
         // The plugin went away (or sent less than it announced): whatever the command
         // made of a partial stream must not stand.
@@ -156,9 +205,9 @@ fn pipe(command: &Command, bytes: u64) -> Result<i32, String> {
     Ok(code)
 }
 
-fn staged(commands: &[Command], bytes: u64, dir: &str) -> Result<i32, String> {
+fn staged(commands: &[Command], bytes: u64, dir: &str, input: &mut Stream) -> Result<i32, String> {
     let dir = host::absolute(dir)?;
-    let received = ocidir::receive(std::io::stdin().lock(), bytes, dir);
+    let received = ocidir::receive(input, bytes, dir);
     let outcome = match received {
         Ok(_) => sequence(commands),
         Err(ocidir::Error::Short { got }) => {

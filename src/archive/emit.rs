@@ -116,6 +116,25 @@ impl Archive {
         Ok(entries)
     }
 
+    /// sha256 (hex) of the `index.json` `write_oci_named` writes for `image` and `refs`: what
+    /// the node agent checks the stream's index against.
+    pub fn oci_index_sha256(
+        &self,
+        image: &PlatformImage,
+        refs: &[String],
+    ) -> Result<String, ArchiveError> {
+        let image = self.own_image(image)?;
+        let parents = self
+            .parents
+            .get(&image.manifest.digest)
+            .map_or(&[][..], Vec::as_slice);
+        let target = parents.first().unwrap_or(&image.manifest);
+        let index = self.index_json(target, refs)?;
+        Ok(super::layout::sha256_digest(&index)
+            .trim_start_matches("sha256:")
+            .to_string())
+    }
+
     /// The `index.json` we write: one descriptor per ref, all pointing at `target`, named the
     /// way containerd's importer names RepoTags (`io.containerd.image.name` wins at import).
     fn index_json(&self, target: &Blob, refs: &[String]) -> Result<Vec<u8>, ArchiveError> {

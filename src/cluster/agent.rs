@@ -180,6 +180,15 @@ impl Agent<'_> {
     }
 }
 
+impl Agent<'_> {
+    /// A host command fed by someone else (a relay peer): no stdin from the plugin.
+    pub async fn run_without_input(&self, run: &Run) -> Result<Output> {
+        let out = exec::run(self.pods, self.pod, argv(protocol::verb::RUN, run)?).await?;
+        tracing::debug!(pod = self.pod, code = out.exit_code, stdout = %out.stdout, stderr = %out.stderr, "agent run finished");
+        Ok(out)
+    }
+}
+
 fn argv<T: serde::Serialize>(verb: &str, request: &T) -> Result<Vec<String>> {
     Ok(vec![
         protocol::AGENT_PATH.to_string(),

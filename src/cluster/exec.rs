@@ -21,7 +21,7 @@ use crate::cluster::helper::CONTAINER;
 const KEEP_OUTPUT: usize = 1 << 20;
 
 /// What a finished command left behind.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Output {
     pub stdout: String,
     pub stderr: String,

@@ -349,7 +349,8 @@ pub async fn create(api: &Api<Pod>, pod: &Pod, server_dry_run: bool) -> Result<S
 /// How a helper pod's start ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Started {
-    Running,
+    /// With the pod's IP, where relay peers reach its agent.
+    Running(Option<String>),
     /// The container could not be made from its image (gone from the node, or unusable):
     /// another candidate may work.
     ImageUnusable(String),
@@ -386,7 +387,11 @@ pub async fn wait_running(api: &Api<Pod>, name: &str, timeout: Duration) -> Resu
         return Err(anyhow!("helper pod {name} was deleted before it ran"));
     };
     match start_state(&pod) {
-        StartState::Running => Ok(Started::Running),
+        StartState::Running => Ok(Started::Running(
+            pod.status
+                .and_then(|s| s.pod_ip)
+                .filter(|ip| !ip.is_empty()),
+        )),
         StartState::ImageUnusable(why) => Ok(Started::ImageUnusable(why)),
         StartState::Failed(why) => Err(anyhow!("helper pod {name} cannot start: {why}")),
         StartState::Pending(_) => unreachable!("await_condition returned a settled pod"),

@@ -421,6 +421,8 @@ impl super::Located for Located {
             writable: Vec::new(),
             scratch_at: None,
             files: Default::default(),
+            index_digest: None,
+            relay: None,
         }
     }
 }

@@ -525,6 +525,8 @@ impl super::Located for Located {
             writable: vec![self.storage.root.clone(), self.storage.runroot.clone()],
             scratch_at: Some(STAGING_PARENT.into()),
             files: [(STORAGE_CONF_STAGED.to_string(), self.storage.conf())].into(),
+            index_digest: None,
+            relay: None,
         }
     }
 }

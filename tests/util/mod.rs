@@ -140,9 +140,11 @@ pub fn node_remove_image(node: &str, reference: &str) {
 }
 
 /// Every node of the test cluster (tests/cluster/README.md).
-pub const NODES: [&str; 4] = ["node-a", "node-b", "node-c", "node-d"];
-/// The containerd nodes (1.6, 1.7, 2.4), where `node_ctr` works.
-pub const CONTAINERD_NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+pub const NODES: [&str; 5] = ["node-a", "node-b", "node-c", "node-d", "node-e"];
+/// The containerd nodes (1.6, 1.7, 2.4, and 2.4 laid out like k3s), where `node_ctr` works.
+pub const CONTAINERD_NODES: [&str; 4] = ["node-a", "node-b", "node-c", "node-e"];
+/// The node laid out like k3s (kubelet v1.34.4+k3s1, containerd under /run/k3s).
+pub const K3S_NODE: &str = "node-e";
 /// The CRI-O node, laid out like RHCOS: no ctr.
 pub const CRIO_NODE: &str = "node-d";
 
@@ -355,4 +357,89 @@ impl Drop for TestNamespace {
         })
         .join();
     }
+}
+
+/// A TCP proxy in front of the API server that counts the bytes the client sends: what
+/// the plugin uploaded, measured outside the plugin (issue 10).
+pub struct CountingProxy {
+    pub kubeconfig: PathBuf,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    _dir: tempfile::TempDir,
+}
+
+impl CountingProxy {
+    /// Starts the proxy on 127.0.0.1 (the API server's certificate names it) and writes an
+    /// admin kubeconfig that goes through it.
+    pub async fn start() -> CountingProxy {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let text = std::fs::read_to_string(admin_kubeconfig()).unwrap();
+        let server = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .expect("the kubeconfig names a server")
+            .trim()
+            .to_string();
+        let upstream = server.trim_start_matches("https://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sent = std::sync::Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let upstream = upstream.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    let (mut from_client, mut to_client) = client.into_split();
+                    let (mut from_server, mut to_server) = server.into_split();
+                    // Counted as it passes, not when the connection ends.
+                    let up = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n) = from_client.read(&mut buf).await {
+                            if n == 0 || to_server.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            counter.fetch_add(n as u64, Ordering::SeqCst);
+                        }
+                        let _ = to_server.shutdown().await;
+                    };
+                    let down = async move {
+                        let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                        let _ = to_client.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig-proxy");
+        std::fs::write(
+            &kubeconfig,
+            text.replace(&server, &format!("https://127.0.0.1:{port}")),
+        )
+        .unwrap();
+        CountingProxy {
+            kubeconfig,
+            sent,
+            _dir: dir,
+        }
+    }
+
+    /// Bytes clients sent through the proxy so far.
+    pub async fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Runs the plugin as admin through `kubeconfig`, off the async runtime's threads.
+pub async fn sideload_via(kubeconfig: &Path, args: &[&str]) -> Output {
+    let mut cmd = plugin();
+    cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+    tokio::task::spawn_blocking(move || run(cmd)).await.unwrap()
 }

@@ -1,0 +1,280 @@
+//! End-to-end tests of how bytes reach the nodes (issue 10): one upload relayed node to
+//! node, proved by a proxy that counts what the plugin sent; a relay member the others
+//! cannot reach, and one killed mid-transfer, while the rest still finish. The real plugin
+//! binary against the real test cluster.
+
+mod util;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams};
+use serde_json::Value;
+use util::*;
+
+fn sent_per_node(report: &Value) -> Vec<(String, u64, String)> {
+    report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_string(),
+                n["bytes_sent"].as_u64().unwrap(),
+                n["via"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_upload_reaches_every_node_through_the_relay() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let namespace = TestNamespace::new(&client, "sl-relay").await;
+    let ns = namespace.name.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let make = |name: &str| {
+        let reference = format!("sideload.test/{name}:{}", unique("v"));
+        let tar = dir.path().join(format!("{name}.tar"));
+        make_image(&reference, &tar, &["--layers", "2", "--layer-mib", "16"]);
+        (reference, tar)
+    };
+    let (relayed, tar) = make("relayed");
+    let size = std::fs::metadata(&tar).unwrap().len();
+
+    let proxy = CountingProxy::start().await;
+    let out = sideload_via(
+        &proxy.kubeconfig,
+        &[
+            tar.to_str().unwrap(),
+            "-o",
+            "json",
+            "--helper-namespace",
+            &ns,
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let uploaded = proxy.sent().await;
+    let report = json_out(&out);
+    assert!(
+        statuses(&report).iter().all(|(_, s)| s == "loaded"),
+        "{report}"
+    );
+    let per_node = sent_per_node(&report);
+    let heads: Vec<_> = per_node.iter().filter(|(_, b, _)| *b > 0).collect();
+    assert_eq!(heads.len(), 1, "one node gets the upload: {per_node:?}");
+    assert!(
+        per_node
+            .iter()
+            .filter(|(_, _, via)| via.starts_with("relay from"))
+            .count()
+            == NODES.len() - 1,
+        "{per_node:?}"
+    );
+    // Measured outside the plugin: about one archive went to the API server in all.
+    assert!(
+        uploaded < size + size / 10 + (1 << 20),
+        "the client sent {uploaded} bytes for a {size}-byte archive to {} nodes",
+        NODES.len()
+    );
+    for node in NODES {
+        let logs = run_pod_on(&client, "default", node, &relayed).await;
+        assert!(logs.contains("hello from"), "{node}: {logs}");
+    }
+
+    // The same without relay: one upload per node.
+    let (direct, tar) = make("direct");
+    let proxy = CountingProxy::start().await;
+    let out = sideload_via(
+        &proxy.kubeconfig,
+        &[
+            tar.to_str().unwrap(),
+            "-o",
+            "json",
+            "--relay",
+            "off",
+            "--helper-namespace",
+            &ns,
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let uploaded_direct = proxy.sent().await;
+    assert!(
+        uploaded_direct > size * (NODES.len() as u64 - 1),
+        "--relay off sent only {uploaded_direct} bytes"
+    );
+    eprintln!(
+        "client bytes for a {size}-byte archive to {} nodes: relay {uploaded}, direct {uploaded_direct}",
+        NODES.len()
+    );
+    let left = helper_pods(&client, &ns).await;
+    assert!(left.is_empty(), "left behind: {left:?}");
+    for node in NODES {
+        node_remove_image(node, &relayed);
+        node_remove_image(node, &direct);
+    }
+}
+
+/// Cuts node-a's route to node-c's pods (and back), as a NetworkPolicy or a firewall
+/// between nodes would; restored on drop.
+struct Cut;
+
+impl Cut {
+    fn new() -> Cut {
+        for (ns, cidr) in [
+            ("sl-node-a", "10.214.3.0/24"),
+            ("sl-node-c", "10.214.1.0/24"),
+        ] {
+            let status = std::process::Command::new("ip")
+                .args(["-n", ns, "route", "replace", "unreachable", cidr])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        Cut
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        for (ns, cidr, via) in [
+            ("sl-node-a", "10.214.3.0/24", "10.213.0.13"),
+            ("sl-node-c", "10.214.1.0/24", "10.213.0.11"),
+        ] {
+            let _ = std::process::Command::new("ip")
+                .args([
+                    "-n", ns, "route", "replace", cidr, "via", via, "dev", "eth0",
+                ])
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_member_the_others_cannot_reach_is_loaded_directly() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let namespace = TestNamespace::new(&client, "sl-cut").await;
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("sideload.test/cut:{}", unique("v"));
+    let tar = dir.path().join("cut.tar");
+    make_image(&reference, &tar, &["--layers", "1", "--layer-mib", "4"]);
+    // node-a heads the relay (the first node), node-c is one of its children.
+    let nodes = "node-a,node-b,node-c";
+    let cut = Cut::new();
+    let out = sideload(&[
+        tar.to_str().unwrap(),
+        "--nodes",
+        nodes,
+        "-o",
+        "json",
+        "--helper-namespace",
+        &namespace.name,
+    ]);
+    drop(cut);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_out(&out);
+    assert!(
+        statuses(&report).iter().all(|(_, s)| s == "loaded"),
+        "{report}"
+    );
+    let per_node = sent_per_node(&report);
+    let c = per_node.iter().find(|(n, _, _)| n == "node-c").unwrap();
+    assert!(
+        c.2.starts_with("direct (the relay did not reach it"),
+        "{per_node:?}"
+    );
+    assert!(c.1 > 4 << 20, "node-c got its own upload: {per_node:?}");
+    let b = per_node.iter().find(|(n, _, _)| n == "node-b").unwrap();
+    assert_eq!(b.2, "relay from node-a", "{per_node:?}");
+    for node in ["node-a", "node-b", "node-c"] {
+        let logs = run_pod_on(&client, "default", node, &reference).await;
+        assert!(logs.contains("hello from"), "{node}: {logs}");
+        node_remove_image(node, &reference);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_member_killed_mid_transfer_leaves_the_others_loaded() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let namespace = TestNamespace::new(&client, "sl-kill").await;
+    let ns = namespace.name.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("sideload.test/killed:{}", unique("v"));
+    let tar = dir.path().join("killed.tar");
+    make_image(&reference, &tar, &["--layers", "2", "--layer-mib", "96"]);
+    // node-a heads, node-b relays on to node-d; node-b's helper is killed mid-stream.
+    let mut cmd = plugin();
+    cmd.arg("--kubeconfig")
+        .arg(admin_kubeconfig())
+        .args([
+            tar.to_str().unwrap(),
+            "--nodes",
+            "node-a,node-b,node-c,node-d",
+            "-o",
+            "json",
+        ])
+        .args(["--helper-namespace", &ns])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let victim = loop {
+        let list = pods.list(&Default::default()).await.unwrap().items;
+        let running = list
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .count();
+        if running == 4 {
+            break list
+                .into_iter()
+                .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("node-b"))
+                .and_then(|p| p.metadata.name)
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The inventories take about a second; then the stream flows for several.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    pods.delete(&victim, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    eprintln!("stderr:\n{}", stderr(&out));
+    let report = json_out(&out);
+    let st = statuses(&report);
+    for node in ["node-a", "node-c", "node-d"] {
+        assert!(
+            st.contains(&(node.to_string(), "loaded".to_string())),
+            "{node} must still load: {report}"
+        );
+    }
+    assert!(
+        st.contains(&("node-b".to_string(), "failed".to_string())),
+        "its helper was killed: {report}"
+    );
+    let d = sent_per_node(&report)
+        .into_iter()
+        .find(|(n, _, _)| n == "node-d")
+        .unwrap();
+    assert!(
+        d.2.starts_with("direct ("),
+        "node-d lost its upstream and was loaded directly: {d:?}"
+    );
+    let left = helper_pods(&client, &ns).await;
+    assert!(left.is_empty(), "left behind: {left:?}");
+    for node in ["node-a", "node-c", "node-d"] {
+        let logs = run_pod_on(&client, "default", node, &reference).await;
+        assert!(logs.contains("hello from"), "{node}: {logs}");
+    }
+    for node in NODES {
+        node_remove_image(node, &reference);
+    }
+}
