@@ -37,6 +37,8 @@ use crate::transfer::{self, Transfer};
 /// How long a relay member waits for its upstream to connect, and how long a member keeps
 /// trying to reach its peers: past these, the member is loaded directly.
 const RELAY_WAIT_SECS: u64 = 20;
+/// Helper pods started at once in phase 1.
+const PREPARE_AT_ONCE: usize = 32;
 const RELAY_CONNECT_SECS: u64 = 5;
 
 /// How one node ended.
@@ -116,14 +118,17 @@ pub async fn execute(run: &Run, plan: &Plan) -> Vec<NodeResult> {
     let pods: Api<Pod> = Api::namespaced(run.client.clone(), &plan.helper_namespace);
     let mut results: BTreeMap<usize, NodeResult> = BTreeMap::new();
 
-    // Phase 1.
+    // Phase 1, every node at once (bounded only against huge clusters): a helper pod
+    // takes seconds to start and costs little, and starting them all up front keeps small
+    // images from waiting on pod starts one batch after another. `--parallel` bounds the
+    // streams of phase 2, which are what costs.
     let prepared: Vec<(usize, Result<Ready<'_>, NodeResult>)> =
         futures::stream::iter(plan.nodes.iter().enumerate())
             .map(|(i, node)| {
                 let pods = &pods;
                 async move { (i, prepare(run, pods, plan, node).await) }
             })
-            .buffered(run.parallel.max(1))
+            .buffered(PREPARE_AT_ONCE.max(run.parallel))
             .collect()
             .await;
     let mut ready = Vec::new();

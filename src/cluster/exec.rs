@@ -67,8 +67,9 @@ pub async fn run(api: &Api<Pod>, pod: &str, argv: Vec<String>) -> Result<Output>
 /// 7.3-8.4 s.
 const FRAME: usize = 1024 * 1024;
 /// Frames queued between the archive reader thread and the socket: with `FRAME` this
-/// bounds the plugin's buffers at 8 MiB per node in flight.
-const QUEUED_FRAMES: usize = 8;
+/// bounds the plugin's buffers at 3 MiB per stream in flight (8 gave 70 MiB peak RSS for
+/// four parallel streams in bench/transfer, above the 32 MiB target).
+const QUEUED_FRAMES: usize = 3;
 
 /// Runs `argv` with `feed` writing the command's stdin from a blocking thread (the archive
 /// reader is synchronous file I/O). `feed` returns how many bytes it wrote.
