@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::{Archive, Source, Summary};
 use crate::cli::{
-    CleanupArgs, Cli, Command, CompletionArgs, DryRun, InspectArgs, KubeArgs, LoadArgs,
+    CleanupArgs, Cli, Command, CompletionArgs, Compress, DryRun, InspectArgs, KubeArgs, LoadArgs,
     NodeSelection, Output, Relay,
 };
 use crate::cluster::nodes::{self, NodeFacts};
@@ -148,6 +148,7 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         parallel: usize::from(args.parallel),
         helper_timeout: args.helper_timeout,
         relay: args.relay == Relay::Auto,
+        compress: args.compress == Compress::Auto,
         cancel: CancellationToken::new(),
         progress: progress.clone(),
     };

@@ -115,6 +115,12 @@ pub struct LoadArgs {
     #[arg(long, value_enum, value_name = "auto|off", default_value = "auto")]
     pub relay: Relay,
 
+    /// Compress streams on the wire where that pays (`auto`: zstd per 1 MiB chunk, sent as
+    /// is where it does not shrink by a tenth; the node decodes the very same bytes), or
+    /// never (`none`)
+    #[arg(long, value_enum, value_name = "auto|none", default_value = "auto")]
+    pub compress: Compress,
+
     /// How many nodes to load at the same time
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
@@ -283,6 +289,13 @@ pub enum DryRun {
     Client,
     /// Also submit each helper pod with a server-side dry run
     Server,
+}
+
+/// `--compress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Compress {
+    Auto,
+    None,
 }
 
 /// `--relay`.

@@ -82,6 +82,8 @@ pub struct Run {
     pub helper_timeout: Duration,
     /// Let nodes that need the same stream pass it on to each other (`--relay`).
     pub relay: bool,
+    /// Send streams in frames, zstd-compressed where that pays (`--compress`).
+    pub compress: bool,
     /// Cancelled on Ctrl-C: nodes not started yet never start, and a node in flight stops
     /// at once. Every helper pod created is deleted before `execute` returns, so a create
     /// still in flight when the signal came is never orphaned.
@@ -449,30 +451,24 @@ async fn stream_direct(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, via: String) -
         r.bar.set_length(transfer.len());
         let mut request = r.located.import(r.wanted, transfer.len());
         request.index_digest = Some(transfer.index_sha256().to_string());
+        request.framed = run.compress;
         let agent = Agent { pods, pod: &r.pod };
-        let counter = r.bar.clone();
-        let (out, written) = agent
-            .run(&request, move |w| {
-                let mut counting = Counting {
-                    inner: w,
-                    bar: counter,
-                };
-                transfer.write(&mut counting)
-            })
-            .await?;
+        let len = transfer.len();
+        let feed = feeder(transfer, r.bar.clone(), run.compress);
+        let (out, written) = agent.run(&request, feed).await?;
         import_outcome(&out, reused)?;
         let sent = written
             .map_err(|e| anyhow!("streaming the archive failed after the import ended: {e}"))?;
-        Ok::<_, anyhow::Error>((sent, reused))
+        Ok::<_, anyhow::Error>((sent, len, reused))
     };
     let done = tokio::select! {
         done = work => done,
         () = run.cancel.cancelled() => Err(anyhow!("interrupted")),
     };
     match done {
-        Ok((sent, reused)) => Moved::Imported {
+        Ok((sent, received, reused)) => Moved::Imported {
             sent,
-            received: sent,
+            received,
             reused,
             via,
         },
@@ -511,6 +507,7 @@ async fn relay(
     let runs = nodes.iter().enumerate().map(|(i, r)| {
         let mut request = r.located.import(r.wanted, transfer.len());
         request.index_digest = Some(transfer.index_sha256().to_string());
+        request.framed = run.compress;
         request.relay = Some(Relay {
             source: if i == 0 {
                 RelaySource::Stdin
@@ -534,13 +531,8 @@ async fn relay(
                 if i == 0 {
                     r.bar.set_message(format!("sending once for {} node(s)", nodes.len()));
                     r.bar.set_length(transfer.len());
-                    let counter = r.bar.clone();
-                    let (out, written) = agent
-                        .run(&request, move |w| {
-                            let mut counting = Counting { inner: w, bar: counter };
-                            transfer.write(&mut counting)
-                        })
-                        .await?;
+                    let feed = feeder(transfer, r.bar.clone(), run.compress);
+                    let (out, written) = agent.run(&request, feed).await?;
                     Ok::<_, anyhow::Error>((out, written.unwrap_or(0)))
                 } else {
                     r.bar.set_message(format!(
@@ -681,6 +673,28 @@ async fn verify(agent: &Agent<'_>, r: &Ready<'_>) -> Result<String> {
     }
     tracing::debug!(node = %r.node.node.name, "verified");
     Ok(after.checked_by)
+}
+
+/// What writes a node's stream into its exec: the transfer, counted into the node's
+/// progress bar (stream bytes), framed and compressed where that pays when `framed`.
+/// Returns the bytes that went on the wire.
+fn feeder(
+    transfer: Transfer,
+    bar: ProgressBar,
+    framed: bool,
+) -> impl FnOnce(&mut dyn Write) -> io::Result<u64> + Send + 'static {
+    move |w: &mut dyn Write| {
+        if !framed {
+            return transfer.write(&mut Counting { inner: w, bar });
+        }
+        let mut framer = transfer::Framer::new(w)?;
+        transfer.write(&mut Counting {
+            inner: &mut framer,
+            bar,
+        })?;
+        framer.flush()?;
+        Ok(framer.wire)
+    }
 }
 
 /// Counts bytes into the node's progress bar as they go out.

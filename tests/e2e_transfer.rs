@@ -278,3 +278,90 @@ async fn a_relay_member_killed_mid_transfer_leaves_the_others_loaded() {
         node_remove_image(node, &reference);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compression_on_and_off_give_the_same_image_in_fewer_bytes() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let namespace = TestNamespace::new(&client, "sl-zstd").await;
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("sideload.test/zstd:{}", unique("v"));
+    let tar = dir.path().join("zstd.tar");
+    // docker save writes layers uncompressed: one text-like (a library tree), one random.
+    make_image(
+        &reference,
+        &tar,
+        &[
+            "--format",
+            "docker",
+            "--layers",
+            "2",
+            "--text-layers",
+            "1",
+            "--layer-mib",
+            "16",
+        ],
+    );
+    let config = {
+        let mut c = plugin();
+        c.args(["inspect", tar.to_str().unwrap(), "-o", "json"]);
+        json_out(&run(c))["images"][0]["config"]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let mut seen = Vec::new();
+    for (compress, node) in [("none", "node-b"), ("auto", "node-c"), ("auto", CRIO_NODE)] {
+        let out = sideload(&[
+            tar.to_str().unwrap(),
+            "--nodes",
+            node,
+            "--compress",
+            compress,
+            "-o",
+            "json",
+            "--helper-namespace",
+            &namespace.name,
+        ]);
+        assert!(out.status.success(), "{compress}: {}", stderr(&out));
+        let report = json_out(&out);
+        let n = &report["nodes"][0];
+        assert_eq!(n["status"], "loaded", "{n}");
+        let inspect: Value =
+            serde_json::from_str(&node_crictl(node, &["inspecti", "-o", "json", &reference]))
+                .unwrap();
+        let id = inspect["status"]["id"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string();
+        assert_eq!(
+            id,
+            config.trim_start_matches("sha256:"),
+            "{node}: {inspect}"
+        );
+        seen.push((
+            compress,
+            n["bytes_sent"].as_u64().unwrap(),
+            n["bytes_received"].as_u64().unwrap(),
+        ));
+        let logs = run_pod_on(&client, "default", node, &reference).await;
+        assert!(logs.contains("hello from"), "{node}: {logs}");
+        node_remove_image(node, &reference);
+    }
+    let (_, plain_sent, plain_received) = seen[0];
+    let (_, zstd_sent, zstd_received) = seen[1];
+    assert_eq!(
+        plain_received, zstd_received,
+        "the same stream arrives: {seen:?}"
+    );
+    assert_eq!(
+        plain_sent, plain_received,
+        "uncompressed, sent is received: {seen:?}"
+    );
+    // The text layer shrinks about 3-4x, the random one not at all.
+    assert!(
+        zstd_sent < plain_sent * 3 / 4,
+        "compression saved too little: {seen:?}"
+    );
+}

@@ -8,6 +8,8 @@
 //! runs host tools there with a fixed environment, so no dynamic loader or shell ever sees a
 //! tenant's `/etc/ld.so.preload` or `LD_PRELOAD`.
 //!
-//! This library is only the wire protocol; the binary is `src/main.rs`.
+//! This library is the wire protocol (requests, and the framing of compressed streams);
+//! the binary is `src/main.rs`.
 
+pub mod frames;
 pub mod protocol;

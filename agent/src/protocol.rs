@@ -205,6 +205,10 @@ pub struct Run {
     /// sha256 (hex) of the `index.json` the stream must carry: the one the plugin wrote.
     #[serde(default)]
     pub index_digest: Option<String>,
+    /// The stream travels in frames, compressed where that pays (agent/src/frames.rs);
+    /// the announced lengths are of the decoded stream.
+    #[serde(default)]
+    pub framed: bool,
     /// Where the stream comes from and goes on to when nodes relay it to each other;
     /// absent: from the exec's stdin, to nobody.
     #[serde(default)]
@@ -283,6 +287,7 @@ mod tests {
             )]
             .into(),
             index_digest: None,
+            framed: true,
             relay: Some(Relay {
                 source: RelaySource::Listen {
                     port: RELAY_PORT,

@@ -75,8 +75,8 @@ fn commands(request: &Run, first: &Command, rest: &[Command]) -> Result<i32, Str
         return if code != 0 { Ok(code) } else { sequence(rest) };
     }
     let mut input = match &request.relay {
-        None => Stream::stdin(request.index_digest.clone()),
-        Some(relay) => match Stream::relay(relay) {
+        None => Stream::stdin(request.index_digest.clone(), request.framed),
+        Some(relay) => match Stream::relay(relay, request.framed) {
             Ok(stream) => stream,
             Err(stream::Source::NoConnection(why)) => {
                 eprintln!("sideload-agent: {why}");
@@ -91,7 +91,7 @@ fn commands(request: &Run, first: &Command, rest: &[Command]) -> Result<i32, Str
         Stdin::OciDir { bytes, dir } => staged(&request.commands, *bytes, dir, &mut input),
     };
     // The peers downstream get the rest of the stream even when the import here failed.
-    if input.feeds_peers() && !input.source_failed {
+    if input.feeds_peers() && !input.source_failed() {
         let left = remaining(&request.stdin, input.read);
         let _ = std::io::copy(&mut (&mut input).take(left), &mut std::io::sink());
     }

@@ -26,15 +26,56 @@ const QUEUED: usize = 16;
 
 /// The stream's bytes, and what became of each peer.
 pub struct Stream {
+    /// The decoded stream: the raw source through [`Tee`], then through the frame
+    /// decoder when the stream is framed.
     input: Box<dyn Read>,
+    tee: Arc<Mutex<Tee>>,
     /// The plugin's streams are OCI layouts with a known index; other uses of `run`
     /// (a benchmark's raw bytes) are passed through unchecked.
     check: Option<Check>,
-    peers: Vec<Peer>,
-    /// Bytes read so far.
+    /// Decoded bytes read so far.
     pub read: u64,
+}
+
+/// The raw source, passing every byte on to the peers as it is read: peers get the wire
+/// bytes (frames and all) and decode them themselves.
+struct Tee {
+    source: Box<dyn Read + Send>,
+    peers: Vec<Peer>,
     /// The source failed (went silent, or broke): nothing more will come from it.
-    pub source_failed: bool,
+    failed: bool,
+}
+
+/// [`Tee`] behind a lock, readable (the decoder owns one end, `finish` needs the peers).
+struct SharedTee(Arc<Mutex<Tee>>);
+
+impl Read for SharedTee {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut tee = self
+            .0
+            .lock()
+            .map_err(|_| io::Error::other("tee poisoned"))?;
+        tee.read(buf)
+    }
+}
+
+impl Read for Tee {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match self.source.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                self.failed |= e.kind() != io::ErrorKind::Interrupted;
+                return Err(e);
+            }
+        };
+        if n > 0 && self.peers.iter().any(|p| p.queue.is_some()) {
+            let chunk: Arc<[u8]> = Arc::from(&buf[..n]);
+            for peer in &mut self.peers {
+                peer.send(&chunk);
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// A peer this node feeds. Its own thread writes to it from a bounded queue, so a slow or
@@ -50,20 +91,49 @@ struct Peer {
 
 impl Stream {
     /// The exec's stdin, with no relay.
-    pub fn stdin(index_digest: Option<String>) -> Stream {
+    pub fn stdin(index_digest: Option<String>, framed: bool) -> Stream {
+        Stream::over(
+            Box::new(io::stdin()),
+            Vec::new(),
+            index_digest.map(|d| Check::new(Some(d))),
+            framed,
+        )
+    }
+
+    fn over(
+        source: Box<dyn Read + Send>,
+        peers: Vec<Peer>,
+        check: Option<Check>,
+        framed: bool,
+    ) -> Stream {
+        let tee = Arc::new(Mutex::new(Tee {
+            source,
+            peers,
+            failed: false,
+        }));
+        let raw = SharedTee(tee.clone());
+        let input: Box<dyn Read> = if framed {
+            Box::new(sideload_agent::frames::Deframer::new(raw))
+        } else {
+            Box::new(raw)
+        };
         Stream {
-            input: Box::new(io::stdin()),
-            check: index_digest.map(|d| Check::new(Some(d))),
-            peers: Vec::new(),
+            input,
+            tee,
+            check,
             read: 0,
-            source_failed: false,
         }
+    }
+
+    /// The source failed (went silent, or broke): nothing more will come from it.
+    pub fn source_failed(&self) -> bool {
+        self.tee.lock().map(|t| t.failed).unwrap_or(true)
     }
 
     /// A relay member's stream: its peers connected (those that answer within the
     /// connect window), then its source: stdin for the head of the relay, else the first
     /// peer of ours that connects with the run's token.
-    pub fn relay(relay: &Relay) -> Result<Stream, Source> {
+    pub fn relay(relay: &Relay, framed: bool) -> Result<Stream, Source> {
         // Listen first, so the peers upstream can connect while we connect ours.
         let listener = match &relay.source {
             RelaySource::Stdin => None,
@@ -78,7 +148,7 @@ impl Stream {
             .iter()
             .map(|addr| connect(addr, &relay.token, connect_window))
             .collect();
-        let input: Box<dyn Read> = match (&relay.source, listener) {
+        let source: Box<dyn Read + Send> = match (&relay.source, listener) {
             (RelaySource::Listen { wait_secs, .. }, Some(listener)) => Box::new(accept(
                 &listener,
                 &relay.token,
@@ -86,30 +156,35 @@ impl Stream {
             )?),
             _ => Box::new(io::stdin()),
         };
-        Ok(Stream {
-            input,
-            check: Some(Check::new(Some(relay.index_digest.clone()))),
+        Ok(Stream::over(
+            source,
             peers,
-            read: 0,
-            source_failed: false,
-        })
+            Some(Check::new(Some(relay.index_digest.clone()))),
+            framed,
+        ))
     }
 
     /// Whether any peer is still fed.
     pub fn feeds_peers(&self) -> bool {
-        self.peers.iter().any(|p| p.queue.is_some())
+        self.tee
+            .lock()
+            .map(|t| t.peers.iter().any(|p| p.queue.is_some()))
+            .unwrap_or(false)
     }
 
     /// Ends the stream for the peers: what is queued is written, then their connections
     /// close. Returns one line per peer for stderr: where the stream went on to.
     pub fn finish(&mut self) -> Vec<String> {
-        for peer in &mut self.peers {
+        let Ok(mut tee) = self.tee.lock() else {
+            return Vec::new();
+        };
+        for peer in &mut tee.peers {
             peer.queue = None; // its writer drains the queue, then ends
             if let Some(writer) = peer.writer.take() {
                 let _ = writer.join();
             }
         }
-        self.peers
+        tee.peers
             .iter()
             .map(|p| match p.failed.lock().ok().and_then(|f| f.clone()) {
                 None => format!("relayed to {}", p.addr),
@@ -121,13 +196,7 @@ impl Stream {
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = match self.input.read(buf) {
-            Ok(n) => n,
-            Err(e) => {
-                self.source_failed |= e.kind() != io::ErrorKind::Interrupted;
-                return Err(e);
-            }
-        };
+        let n = self.input.read(buf)?;
         if n == 0 {
             return Ok(0);
         }
@@ -135,12 +204,6 @@ impl Read for Stream {
             check
                 .feed(&buf[..n])
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        }
-        if self.feeds_peers() {
-            let chunk: Arc<[u8]> = Arc::from(&buf[..n]);
-            for peer in &mut self.peers {
-                peer.send(&chunk);
-            }
         }
         self.read += n as u64;
         Ok(n)

@@ -422,6 +422,7 @@ impl super::Located for Located {
             scratch_at: None,
             files: Default::default(),
             index_digest: None,
+            framed: false,
             relay: None,
         }
     }

@@ -526,6 +526,7 @@ impl super::Located for Located {
             scratch_at: Some(STAGING_PARENT.into()),
             files: [(STORAGE_CONF_STAGED.to_string(), self.storage.conf())].into(),
             index_digest: None,
+            framed: false,
             relay: None,
         }
     }
