@@ -12,7 +12,6 @@
 //! never stops the others; each ends with a `NodeResult`.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,7 @@ use sideload_agent::protocol::{self, Relay, RelaySource};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archive;
-use crate::cluster::agent::Agent;
+use crate::cluster::agent::{Agent, Session};
 use crate::cluster::exec::Output;
 use crate::cluster::helper::{self, HelperSpec, Started};
 use crate::plan::{Decision, NodePlan, Plan};
@@ -95,6 +94,8 @@ pub struct Run {
 struct Ready<'p> {
     node: &'p NodePlan,
     wanted: &'p Wanted,
+    /// The agent's open session: the lookups were asked in it, the verification will be.
+    session: Session,
     pod: String,
     pod_ip: Option<String>,
     located: Box<dyn Located>,
@@ -198,15 +199,20 @@ async fn prepare<'p>(
     };
     let agent = Agent { pods, pod: &pod };
     let looked = tokio::select! {
-        looked = look(&agent, node, wanted, &bar) => looked,
+        looked = async {
+            let session = Session::open(&agent).await?;
+            let (located, inventory) = look(&session, node, wanted, &bar).await?;
+            Ok((session, located, inventory))
+        } => looked,
         () = run.cancel.cancelled() => Err(anyhow!("interrupted")),
     };
     match looked {
-        Ok((located, inventory)) if run.force || !inventory.missing.is_empty() => {
+        Ok((session, located, inventory)) if run.force || !inventory.missing.is_empty() => {
             let runtime = located.describe();
             Ok(Ready {
                 node,
                 wanted,
+                session,
                 pod,
                 pod_ip,
                 located,
@@ -216,7 +222,8 @@ async fn prepare<'p>(
                 runtime,
             })
         }
-        Ok((located, inventory)) => {
+        Ok((session, located, inventory)) => {
+            drop(session);
             let removed = remove(pods, &pod, &bar).await;
             bar.finish_with_message("already present");
             let mut r = result(
@@ -322,7 +329,7 @@ async fn remove(pods: &Api<Pod>, name: &str, bar: &ProgressBar) -> Result<()> {
 
 /// Where the runtime is and what the node holds of the image.
 async fn look(
-    agent: &Agent<'_>,
+    agent: &Session,
     node: &NodePlan,
     wanted: &Wanted,
     bar: &ProgressBar,
@@ -344,7 +351,7 @@ async fn look(
     Ok((located, inventory))
 }
 
-async fn inventory(agent: &Agent<'_>, located: &dyn Located, wanted: &Wanted) -> Result<Inventory> {
+async fn inventory(agent: &Session, located: &dyn Located, wanted: &Wanted) -> Result<Inventory> {
     let answer = agent
         .query(&located.inventory_query(wanted), "inventory")
         .await?;
@@ -449,12 +456,10 @@ async fn stream_direct(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, via: String) -
             format!("sending (reusing {reused} layer(s) on the node)")
         });
         r.bar.set_length(transfer.len());
-        let mut request = r.located.import(r.wanted, transfer.len());
-        request.index_digest = Some(transfer.index_sha256().to_string());
-        request.framed = run.compress;
+        let request = transfer.request(r.located.as_ref(), r.wanted, run.compress);
         let agent = Agent { pods, pod: &r.pod };
         let len = transfer.len();
-        let feed = feeder(transfer, r.bar.clone(), run.compress);
+        let feed = transfer.feed(r.bar.clone(), run.compress);
         let (out, written) = agent.run(&request, feed).await?;
         import_outcome(&out, reused)?;
         let sent = written
@@ -505,9 +510,7 @@ async fn relay(
     let token = &token;
     let tree = &tree;
     let runs = nodes.iter().enumerate().map(|(i, r)| {
-        let mut request = r.located.import(r.wanted, transfer.len());
-        request.index_digest = Some(transfer.index_sha256().to_string());
-        request.framed = run.compress;
+        let mut request = transfer.request(r.located.as_ref(), r.wanted, run.compress);
         request.relay = Some(Relay {
             source: if i == 0 {
                 RelaySource::Stdin
@@ -531,7 +534,7 @@ async fn relay(
                 if i == 0 {
                     r.bar.set_message(format!("sending once for {} node(s)", nodes.len()));
                     r.bar.set_length(transfer.len());
-                    let feed = feeder(transfer, r.bar.clone(), run.compress);
+                    let feed = transfer.feed(r.bar.clone(), run.compress);
                     let (out, written) = agent.run(&request, feed).await?;
                     Ok::<_, anyhow::Error>((out, written.unwrap_or(0)))
                 } else {
@@ -625,9 +628,8 @@ async fn finish(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, moved: Moved) -> Node
             out.layers_reused = reused;
             out.via = Some(via);
             r.bar.set_message("verifying");
-            let agent = Agent { pods, pod: &r.pod };
             tokio::select! {
-                v = verify(&agent, r) => v,
+                v = verify(&r.session, r) => v,
                 () = run.cancel.cancelled() => Err(anyhow!("interrupted")),
             }
         }
@@ -656,7 +658,7 @@ async fn finish(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, moved: Moved) -> Node
 
 /// The runtime holds the image as it must; CRI learns of an import from the runtime's
 /// events, so it gets a moment.
-async fn verify(agent: &Agent<'_>, r: &Ready<'_>) -> Result<String> {
+async fn verify(agent: &Session, r: &Ready<'_>) -> Result<String> {
     let mut after = inventory(agent, r.located.as_ref(), r.wanted).await?;
     for _ in 0..10 {
         if after.missing.is_empty() {
@@ -673,43 +675,4 @@ async fn verify(agent: &Agent<'_>, r: &Ready<'_>) -> Result<String> {
     }
     tracing::debug!(node = %r.node.node.name, "verified");
     Ok(after.checked_by)
-}
-
-/// What writes a node's stream into its exec: the transfer, counted into the node's
-/// progress bar (stream bytes), framed and compressed where that pays when `framed`.
-/// Returns the bytes that went on the wire.
-fn feeder(
-    transfer: Transfer,
-    bar: ProgressBar,
-    framed: bool,
-) -> impl FnOnce(&mut dyn Write) -> io::Result<u64> + Send + 'static {
-    move |w: &mut dyn Write| {
-        if !framed {
-            return transfer.write(&mut Counting { inner: w, bar });
-        }
-        let mut framer = transfer::Framer::new(w)?;
-        transfer.write(&mut Counting {
-            inner: &mut framer,
-            bar,
-        })?;
-        framer.flush()?;
-        Ok(framer.wire)
-    }
-}
-
-/// Counts bytes into the node's progress bar as they go out.
-struct Counting<'a> {
-    inner: &'a mut dyn Write,
-    bar: ProgressBar,
-}
-
-impl Write for Counting<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.bar.inc(n as u64);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }

@@ -17,9 +17,12 @@ use std::io::{self, Write};
 use std::sync::Arc;
 
 use anyhow::Result;
+use indicatif::ProgressBar;
 use sideload_agent::frames::{CHUNK, RAW, ZSTD};
+use sideload_agent::protocol::Run;
 
 use crate::archive::{Archive, PlatformImage};
+use crate::runtime::{Located, Wanted};
 
 /// One node's stream: an OCI-layout tar of one platform image, named `refs`, without the
 /// layers in `skip` (the node has them).
@@ -65,6 +68,39 @@ impl Transfer {
     /// Layers left out because the node holds them.
     pub fn reused(&self) -> usize {
         self.skip.len()
+    }
+
+    /// The agent's import request for this stream, as `located` imports it: the length
+    /// and index digest announced are this transfer's, so they match what
+    /// [`Transfer::feed`] writes by construction.
+    pub fn request(&self, located: &dyn Located, wanted: &Wanted, framed: bool) -> Run {
+        let mut request = located.import(wanted, self.len);
+        request.index_digest = Some(self.index_sha256.clone());
+        request.framed = framed;
+        request
+    }
+
+    /// What writes the stream into a node's exec: counted into the node's progress bar
+    /// (stream bytes), framed and compressed where that pays when `framed` (as the
+    /// [`Transfer::request`] with the same `framed` announces). Returns the bytes that
+    /// went on the wire.
+    pub fn feed(
+        self,
+        bar: ProgressBar,
+        framed: bool,
+    ) -> impl FnOnce(&mut dyn Write) -> io::Result<u64> + Send + 'static {
+        move |w: &mut dyn Write| {
+            if !framed {
+                return self.write(&mut Counting { inner: w, bar });
+            }
+            let mut framer = Framer::new(w)?;
+            self.write(&mut Counting {
+                inner: &mut framer,
+                bar,
+            })?;
+            framer.flush()?;
+            Ok(framer.wire)
+        }
     }
 
     /// Writes the stream. A local read error (the archive file replaced or truncated since
@@ -145,6 +181,23 @@ impl Write for Framer<'_> {
     /// Sends the chunk so far as a frame (the end of the stream).
     fn flush(&mut self) -> io::Result<()> {
         self.emit()?;
+        self.inner.flush()
+    }
+}
+
+/// Counts bytes into the node's progress bar as they go out.
+struct Counting<'a> {
+    inner: &'a mut dyn Write,
+    bar: ProgressBar,
+}
+
+impl Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
 }

@@ -64,6 +64,20 @@ async fn each_archive_format_loads_into_every_node_and_runs() {
         for node in report["nodes"].as_array().unwrap() {
             assert!(node["error"].is_null());
         }
+        // node-e is laid out like k3s: its socket and its ctr (under k3s's data dir) were
+        // found from the kubelet's `+k3s1` version, not the kubeadm paths.
+        let k3s = report["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == K3S_NODE)
+            .unwrap();
+        let runtime = k3s["runtime"].as_str().unwrap();
+        assert!(
+            runtime.contains("/run/k3s/containerd/containerd.sock")
+                && runtime.contains("/var/lib/rancher/k3s/data/"),
+            "{format}: {runtime}"
+        );
         for node in NODES {
             assert!(
                 node_images(node).contains(&full),

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             Ok(0)
         }
         verb::PAUSE => pause::run(),
-        verb::QUERY => parse(request).and_then(|r| answer(&query(&r)?)),
+        verb::SESSION => session(),
         verb::RUN => parse(request).and_then(|r| run::run(&r)),
         other => Err(format!("unknown verb {other:?}")),
     };
@@ -41,12 +41,41 @@ fn main() -> ExitCode {
     }
 }
 
-/// Facts, then commands, all in the host root.
-fn query(request: &protocol::Query) -> Result<protocol::Answer, String> {
-    host::enter()?;
+/// Facts, then commands, all in the host root (entered already).
+fn respond(request: &protocol::Query) -> protocol::Answer {
     let mut answer = facts::gather(request);
     answer.results = request.commands.iter().map(commands::run).collect();
-    Ok(answer)
+    answer
+}
+
+/// Queries read line by line from stdin, answered as they come, after one entry into the
+/// host root: the plugin's questions about a node cost one exec, not one each.
+fn session() -> Result<i32, String> {
+    use std::io::{BufRead, Read};
+    host::enter()?;
+    let mut stdin = std::io::stdin().lock();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = (&mut stdin)
+            .take(protocol::MAX_SESSION_LINE + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("reading a request: {e}"))?;
+        if n as u64 > protocol::MAX_SESSION_LINE {
+            return Err(format!(
+                "a request line is longer than {} bytes",
+                protocol::MAX_SESSION_LINE
+            ));
+        }
+        let text = std::str::from_utf8(&line).map_err(|_| "a request is not UTF-8")?;
+        if text.trim().is_empty() {
+            // An empty line, or the end of stdin: the session is over.
+            return Ok(0);
+        }
+        let request: protocol::Query =
+            serde_json::from_str(text).map_err(|e| format!("bad request: {e}"))?;
+        answer(&respond(&request))?;
+    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(request: Option<&str>) -> Result<T, String> {

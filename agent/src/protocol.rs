@@ -1,9 +1,8 @@
-//! What the plugin asks the agent and what the agent answers: one JSON document per exec.
+//! What the plugin asks the agent and what the agent answers.
 //!
-//! Every exec is `AGENT_PATH <verb> <request JSON>`. Requests travel in argv (small, and
-//! visible in `kubectl describe`-level debugging); bulk data only ever travels on stdin.
-//! Answers are one JSON document on stdout, except for [`Run`], whose child writes its own
-//! output. Host paths are absolute paths as the node sees them (the agent has entered the
+//! Questions ([`Query`] → [`Answer`]) go over one exec per node, `AGENT_PATH session`: one
+//! JSON document per line each way. Work with a stream is `AGENT_PATH run <Run JSON>`: the
+//! request travels in argv, the bulk data on stdin, and the child writes its own output. Host paths are absolute paths as the node sees them (the agent has entered the
 //! host root before it resolves any of them).
 
 use std::collections::BTreeMap;
@@ -37,12 +36,13 @@ pub const NO_RELAY_SOURCE: i32 = 122;
 pub mod verb {
     /// The container's main process: waits (reaping orphans) until stopped.
     pub const PAUSE: &str = "pause";
-    /// Reads facts about the host and runs host commands one after another, collecting
-    /// their output: [`super::Query`] → [`super::Answer`]. One round trip per question set.
-    pub const QUERY: &str = "query";
     /// Runs one host command with stdin handled as asked: [`super::Run`]; the exit code is
     /// the command's.
     pub const RUN: &str = "run";
+    /// [`super::Query`]s one per line on stdin, each answered by one [`super::Answer`] line
+    /// on stdout, until an empty line (or the end of stdin): every question about a node in
+    /// one exec, however many depend on earlier answers.
+    pub const SESSION: &str = "session";
     /// Prints the agent's version and exits.
     pub const VERSION: &str = "version";
 }
@@ -67,6 +67,9 @@ pub struct Query {
     #[serde(default)]
     pub commands: Vec<Command>,
 }
+
+/// Longest request line a [`verb::SESSION`] reads; longer is an error.
+pub const MAX_SESSION_LINE: u64 = 1 << 20;
 
 /// Largest file [`Query::files`] returns; longer ones are an error, never cut.
 pub const MAX_FILE: u64 = 4 << 20;

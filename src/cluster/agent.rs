@@ -16,7 +16,6 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use sideload_agent::protocol::{self, Answer, Query, Run};
 
@@ -160,13 +159,6 @@ pub struct Agent<'a> {
 }
 
 impl Agent<'_> {
-    /// One query: facts and host commands, one exec.
-    pub async fn query(&self, query: &Query, what: &str) -> Result<Answer> {
-        let out = exec::run(self.pods, self.pod, argv(protocol::verb::QUERY, query)?).await?;
-        tracing::debug!(pod = self.pod, what, stderr = %out.stderr, "agent query answered");
-        parse(out, what)
-    }
-
     /// One host command fed from `feed`, which writes exactly the number of bytes `run`
     /// announces (see `transfer::Transfer`).
     pub async fn run<F>(&self, run: &Run, feed: F) -> Result<(Output, io::Result<u64>)>
@@ -189,22 +181,52 @@ impl Agent<'_> {
     }
 }
 
+/// One node's questions over one exec: the agent's `session` verb answers a [`Query`] per
+/// line. Locating the runtime, probing it, listing what the node holds and verifying the
+/// import each took an exec of their own before (each a new websocket through the API
+/// server and the kubelet, and a new process in the container).
+pub struct Session {
+    conversation: tokio::sync::Mutex<exec::Conversation>,
+}
+
+impl Session {
+    pub async fn open(agent: &Agent<'_>) -> Result<Session> {
+        let argv = vec![
+            protocol::AGENT_PATH.to_string(),
+            protocol::verb::SESSION.to_string(),
+        ];
+        let conversation = exec::Conversation::open(agent.pods, agent.pod, argv).await?;
+        Ok(Session {
+            conversation: tokio::sync::Mutex::new(conversation),
+        })
+    }
+
+    /// One query, answered over the open exec.
+    pub async fn query(&self, query: &Query, what: &str) -> Result<Answer> {
+        let line = serde_json::to_string(query).context("encoding the agent request")?;
+        let answer = self
+            .conversation
+            .lock()
+            .await
+            .ask(&line)
+            .await
+            .with_context(|| format!("the node agent ({what})"))?;
+        tracing::debug!(what, "agent session answered");
+        serde_json::from_str(&answer).with_context(|| {
+            format!(
+                "the node agent's answer ({what}) is not what this plugin expects: {:?}",
+                answer.chars().take(200).collect::<String>()
+            )
+        })
+    }
+}
+
 fn argv<T: serde::Serialize>(verb: &str, request: &T) -> Result<Vec<String>> {
     Ok(vec![
         protocol::AGENT_PATH.to_string(),
         verb.to_string(),
         serde_json::to_string(request).context("encoding the agent request")?,
     ])
-}
-
-fn parse<T: DeserializeOwned>(out: Output, what: &str) -> Result<T> {
-    let out = out.check(&format!("the node agent ({what})"))?;
-    serde_json::from_str(out.stdout.trim()).with_context(|| {
-        format!(
-            "the node agent's answer ({what}) is not what this plugin expects: {:?}",
-            out.stdout.chars().take(200).collect::<String>()
-        )
-    })
 }
 
 #[cfg(test)]
@@ -228,14 +250,14 @@ mod tests {
 
     #[test]
     fn requests_are_one_json_argument() {
-        let query = Query {
-            paths: vec!["/run/containerd/containerd.sock".into()],
-            ..Default::default()
-        };
-        let argv = argv(protocol::verb::QUERY, &query).unwrap();
+        let run: Run = serde_json::from_str(
+            r#"{"commands":[{"argv":["ctr","version"]}],"stdin":{"mode":"none"}}"#,
+        )
+        .unwrap();
+        let argv = argv(protocol::verb::RUN, &run).unwrap();
         assert_eq!(argv[0], protocol::AGENT_PATH);
-        assert_eq!(argv[1], "query");
-        let back: Query = serde_json::from_str(&argv[2]).unwrap();
-        assert_eq!(back, query);
+        assert_eq!(argv[1], "run");
+        let back: Run = serde_json::from_str(&argv[2]).unwrap();
+        assert_eq!(back, run);
     }
 }

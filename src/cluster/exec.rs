@@ -90,24 +90,17 @@ where
     session(api, pod, argv, Some(feed)).await
 }
 
-/// One exec session: stdin from `feed` if given (else no stdin channel at all), stdout and
-/// stderr kept, ended by the status message.
-async fn session<F>(
+/// Opens the exec websocket for `argv` in the helper container.
+async fn connect(
     api: &Api<Pod>,
     pod: &str,
     argv: Vec<String>,
-    feed: Option<F>,
-) -> Result<(Output, io::Result<u64>)>
-where
-    F: FnOnce(&mut dyn Write) -> io::Result<u64> + Send + 'static,
-{
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-
+    stdin: bool,
+) -> Result<kube::client::Connection> {
     let namespace = api.namespace().unwrap_or("default").to_string();
     let params = AttachParams::default()
         .container(CONTAINER)
-        .stdin(feed.is_some())
+        .stdin(stdin)
         .stdout(true)
         .stderr(true);
     let request = kube::core::Request::new(format!("/api/v1/namespaces/{namespace}/pods"))
@@ -129,6 +122,24 @@ where
         },
         "exec stream open"
     );
+    Ok(connection)
+}
+
+/// One exec session: stdin from `feed` if given (else no stdin channel at all), stdout and
+/// stderr kept, ended by the status message.
+async fn session<F>(
+    api: &Api<Pod>,
+    pod: &str,
+    argv: Vec<String>,
+    feed: Option<F>,
+) -> Result<(Output, io::Result<u64>)>
+where
+    F: FnOnce(&mut dyn Write) -> io::Result<u64> + Send + 'static,
+{
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let connection = connect(api, pod, argv, feed.is_some()).await?;
     let (mut sink, mut stream) = connection.into_stream().split();
 
     // Reader: stdout/stderr kept (bounded), the status channel ends it.
@@ -223,20 +234,7 @@ where
     let _ = sink.close().await;
 
     let (status, stdout, stderr) = finished.context("exec reader failed")?;
-    let status = status.ok_or_else(|| {
-        anyhow!(
-            "the exec stream ended without an exit status (API server or kubelet restarted, \
-             or the helper pod was deleted){}{}",
-            send_error
-                .map(|e| format!("; sending failed: {e}"))
-                .unwrap_or_default(),
-            if stderr.is_empty() {
-                String::new()
-            } else {
-                format!("; stderr: {}", last_lines(&stderr, 3))
-            }
-        )
-    })?;
+    let status = status.ok_or_else(|| no_status(send_error, &stderr))?;
     let output = Output {
         exit_code: exit_code(&status),
         message: status.message.clone().unwrap_or_default(),
@@ -244,6 +242,164 @@ where
         stderr,
     };
     Ok((output, written))
+}
+
+/// An exec whose stdin and stdout carry a line-by-line dialogue (the agent's `session`
+/// verb): one websocket for many questions, so a node's lookups cost one exec set-up
+/// (API server → kubelet → runtime → a new process in the container) instead of one each.
+/// The socket is owned by a task; dropping the conversation stops it.
+pub struct Conversation {
+    to_agent: tokio::sync::mpsc::Sender<Vec<u8>>,
+    from_agent: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    pending: Vec<u8>,
+    task: Option<tokio::task::JoinHandle<Ended>>,
+}
+
+/// How a conversation's exec ended: its status (none if the stream broke first), its
+/// stderr, and why sending failed, if it did.
+type Ended = (Option<Status>, String, Option<String>);
+
+/// Longest answer line kept; a longer one is an error (answers are a few KiB).
+const MAX_ANSWER: usize = 16 << 20;
+
+impl Conversation {
+    /// Starts `argv` with stdin, stdout and stderr attached.
+    pub async fn open(api: &Api<Pod>, pod: &str, argv: Vec<String>) -> Result<Conversation> {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+
+        let mut sink_stream = connect(api, pod, argv, true).await?.into_stream().split();
+        let (to_agent, mut outgoing) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let (stdout_tx, from_agent) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let (sink, stream) = &mut sink_stream;
+            let mut stderr = Vec::new();
+            let mut send_error = None;
+            let mut ping = tokio::time::interval(std::time::Duration::from_secs(30));
+            ping.reset();
+            let status = loop {
+                tokio::select! {
+                    message = stream.next() => match message {
+                        Some(Ok(Message::Binary(frame))) => match frame.split_first() {
+                            Some((1, data)) => {
+                                let _ = stdout_tx.send(data.to_vec());
+                            }
+                            Some((2, data)) => keep(&mut stderr, data),
+                            Some((3, data)) => break serde_json::from_slice::<Status>(data).ok(),
+                            _ => {}
+                        },
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break None,
+                    },
+                    line = outgoing.recv() => match line {
+                        Some(line) => {
+                            let mut frame = Vec::with_capacity(line.len() + 1);
+                            frame.push(0); // the stdin channel
+                            frame.extend_from_slice(&line);
+                            if let Err(e) = sink.send(Message::binary(frame)).await {
+                                send_error = Some(e.to_string());
+                                break None;
+                            }
+                        }
+                        // The conversation was dropped: leave (the agent sees its stdin end
+                        // or its pod go).
+                        None => break None,
+                    },
+                    _ = ping.tick() => {
+                        let _ = sink.send(Message::Ping(Default::default())).await;
+                    }
+                }
+            };
+            let _ = sink.close().await;
+            (
+                status,
+                String::from_utf8_lossy(&stderr).into_owned(),
+                send_error,
+            )
+        });
+        Ok(Conversation {
+            to_agent,
+            from_agent,
+            pending: Vec::new(),
+            task: Some(task),
+        })
+    }
+
+    /// Sends one line (a newline is added) and returns the next line of stdout.
+    pub async fn ask(&mut self, line: &str) -> Result<String> {
+        debug_assert!(!line.contains('\n'), "one request per line");
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        if self.to_agent.send(bytes).await.is_err() {
+            return Err(self.ended().await);
+        }
+        loop {
+            if let Some(at) = self.pending.iter().position(|&b| b == b'\n') {
+                let rest = self.pending.split_off(at + 1);
+                let mut answer = std::mem::replace(&mut self.pending, rest);
+                answer.pop();
+                return String::from_utf8(answer).context("the node agent's answer is not UTF-8");
+            }
+            if self.pending.len() > MAX_ANSWER {
+                return Err(anyhow!(
+                    "the node agent's answer is longer than {MAX_ANSWER} bytes"
+                ));
+            }
+            match self.from_agent.recv().await {
+                Some(chunk) => self.pending.extend_from_slice(&chunk),
+                None => return Err(self.ended().await),
+            }
+        }
+    }
+
+    async fn join(&mut self) -> Result<Ended> {
+        let task = self.task.take().context("the conversation is over")?;
+        task.await.context("exec conversation task failed")
+    }
+
+    /// Why the command stopped answering: its exit status and stderr.
+    async fn ended(&mut self) -> anyhow::Error {
+        match self.join().await {
+            Err(e) => e,
+            Ok((Some(status), stderr, _)) => {
+                let out = Output {
+                    exit_code: exit_code(&status),
+                    message: status.message.clone().unwrap_or_default(),
+                    stdout: String::new(),
+                    stderr,
+                };
+                match out.check("the node agent") {
+                    Err(e) => e,
+                    Ok(_) => anyhow!("the node agent ended the conversation before answering"),
+                }
+            }
+            Ok((None, stderr, send_error)) => no_status(send_error, &stderr),
+        }
+    }
+}
+
+impl Drop for Conversation {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+fn no_status(send_error: Option<String>, stderr: &str) -> anyhow::Error {
+    anyhow!(
+        "the exec stream ended without an exit status (API server or kubelet restarted, \
+         or the helper pod was deleted){}{}",
+        send_error
+            .map(|e| format!("; sending failed: {e}"))
+            .unwrap_or_default(),
+        if stderr.is_empty() {
+            String::new()
+        } else {
+            format!("; stderr: {}", last_lines(stderr, 3))
+        }
+    )
 }
 
 fn keep(buffer: &mut Vec<u8>, data: &[u8]) {
