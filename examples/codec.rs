@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use sideload_agent::frames::{CHUNK, Deframer, RAW, ZSTD};
+use sideload_agent::frames::{self, CHUNK, Deframer, RAW, ZSTD};
 
 fn main() -> anyhow::Result<()> {
     let files: Vec<String> = std::env::args().skip(1).collect();
@@ -27,15 +27,12 @@ fn main() -> anyhow::Result<()> {
             let mut wire = Vec::with_capacity(data.len() + data.len() / 64);
             for chunk in data.chunks(CHUNK) {
                 let z = c.compress(chunk)?;
-                // The plugin's rule: compressed only where that saves a tenth.
-                let (tag, payload) = if z.len() < chunk.len() - chunk.len() / 10 {
+                let (tag, payload) = if frames::pays(z.len(), chunk.len()) {
                     (ZSTD, &z[..])
                 } else {
                     (RAW, chunk)
                 };
-                wire.push(tag);
-                wire.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-                wire.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+                wire.extend_from_slice(&frames::header(tag, payload.len(), chunk.len()));
                 wire.extend_from_slice(payload);
             }
             let encode = start.elapsed().as_secs_f64();

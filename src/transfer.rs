@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use indicatif::ProgressBar;
-use sideload_agent::frames::{CHUNK, RAW, ZSTD};
+use sideload_agent::frames::{self, CHUNK, RAW, ZSTD};
 use sideload_agent::protocol::Run;
 
 use crate::archive::{Archive, PlatformImage};
@@ -151,15 +151,12 @@ impl<'a> Framer<'a> {
             return Ok(());
         }
         let compressed = self.compressor.compress(&self.chunk)?;
-        let (tag, payload) = if compressed.len() < self.chunk.len() - self.chunk.len() / 10 {
+        let (tag, payload) = if frames::pays(compressed.len(), self.chunk.len()) {
             (ZSTD, &compressed[..])
         } else {
             (RAW, &self.chunk[..])
         };
-        let mut header = [0u8; 9];
-        header[0] = tag;
-        header[1..5].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        header[5..9].copy_from_slice(&(self.chunk.len() as u32).to_le_bytes());
+        let header = frames::header(tag, payload.len(), self.chunk.len());
         self.inner.write_all(&header)?;
         self.inner.write_all(payload)?;
         self.wire += (header.len() + payload.len()) as u64;

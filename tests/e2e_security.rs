@@ -77,18 +77,6 @@ fn remove_everywhere(reference: &str, config: Option<&str>) {
     }
 }
 
-fn config_of(tar: &Path) -> String {
-    let out = run({
-        let mut c = plugin();
-        c.args(["inspect", tar.to_str().unwrap(), "-o", "json"]);
-        c
-    });
-    json_out(&out)["images"][0]["config"]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn tenant_images_never_run_in_the_helper() {
     let _logs = LogsOnFailure;

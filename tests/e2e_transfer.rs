@@ -302,14 +302,7 @@ async fn compression_on_and_off_give_the_same_image_in_fewer_bytes() {
             "16",
         ],
     );
-    let config = {
-        let mut c = plugin();
-        c.args(["inspect", tar.to_str().unwrap(), "-o", "json"]);
-        json_out(&run(c))["images"][0]["config"]["digest"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let config = config_of(&tar);
     let mut seen = Vec::new();
     for (compress, node) in [("none", "node-b"), ("auto", "node-c"), ("auto", CRIO_NODE)] {
         let out = sideload(&[

@@ -16,6 +16,24 @@ pub const ZSTD: u8 = 1;
 pub const CHUNK: usize = 1 << 20;
 const MAX_PAYLOAD: usize = CHUNK + (CHUNK >> 7) + 1024;
 
+/// Bytes of a frame's header.
+pub const HEADER: usize = 9;
+
+/// A frame's header: tag, payload length, decoded length (the format above).
+pub fn header(tag: u8, payload: usize, decoded: usize) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[0] = tag;
+    h[1..5].copy_from_slice(&(payload as u32).to_le_bytes());
+    h[5..9].copy_from_slice(&(decoded as u32).to_le_bytes());
+    h
+}
+
+/// Whether a chunk goes compressed: only where that saves a tenth or more, so random data
+/// and gzip layers travel as they are and cost the node no decoding.
+pub fn pays(compressed: usize, plain: usize) -> bool {
+    compressed < plain - plain / 10
+}
+
 /// Decodes frames read from `inner` into the plain stream.
 pub struct Deframer<R> {
     inner: R,
@@ -38,7 +56,7 @@ impl<R: Read> Deframer<R> {
 
     /// Reads the next frame into `out`; false at a clean end (EOF between frames).
     fn next_frame(&mut self) -> io::Result<bool> {
-        let mut header = [0u8; 9];
+        let mut header = [0u8; HEADER];
         let mut got = 0;
         while got < header.len() {
             match self.inner.read(&mut header[got..]) {
@@ -107,11 +125,7 @@ mod tests {
     use super::*;
 
     fn frame(tag: u8, payload: &[u8], decoded: usize) -> Vec<u8> {
-        let mut f = vec![tag];
-        f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        f.extend_from_slice(&(decoded as u32).to_le_bytes());
-        f.extend_from_slice(payload);
-        f
+        [&header(tag, payload.len(), decoded)[..], payload].concat()
     }
 
     /// A zstd frame holding `data`, made with ruzstd's own (uncompressed-block) encoder so

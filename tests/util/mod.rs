@@ -443,3 +443,17 @@ pub async fn sideload_via(kubeconfig: &Path, args: &[&str]) -> Output {
     cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
     tokio::task::spawn_blocking(move || run(cmd)).await.unwrap()
 }
+
+/// The config digest (`sha256:…`) of the archive's first image, as `inspect` reports it:
+/// what CRI's image id must be once the image is loaded.
+pub fn config_of(tar: &Path) -> String {
+    let out = run({
+        let mut c = plugin();
+        c.args(["inspect", tar.to_str().unwrap(), "-o", "json"]);
+        c
+    });
+    json_out(&out)["images"][0]["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
