@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::{Archive, Source, Summary};
 use crate::cli::{
     CleanupArgs, Cli, Command, CompletionArgs, Compress, DryRun, InspectArgs, KubeArgs, LoadArgs,
-    NodeSelection, Output, Relay,
+    NodeSelection, Output, Pipeline, Relay,
 };
 use crate::cluster::nodes::{self, NodeFacts};
 use crate::cluster::{agent, client, helper};
@@ -149,6 +149,8 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         helper_timeout: args.helper_timeout,
         relay: args.relay == Relay::Auto,
         compress: args.compress == Compress::Auto,
+        pipeline: args.pipeline == Pipeline::Auto,
+        run_id: plan.run_id.clone(),
         cancel: CancellationToken::new(),
         progress: progress.clone(),
     };

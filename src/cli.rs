@@ -121,6 +121,12 @@ pub struct LoadArgs {
     #[arg(long, value_enum, value_name = "auto|none", default_value = "auto")]
     pub compress: Compress,
 
+    /// Import while the image arrives (`auto`: on containerd nodes the stream is cut into
+    /// one part per layer, each unpacked as soon as it is in), or only once all of it has
+    /// arrived (`off`)
+    #[arg(long, value_enum, value_name = "auto|off", default_value = "auto")]
+    pub pipeline: Pipeline,
+
     /// How many nodes to load at the same time
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
@@ -296,6 +302,13 @@ pub enum DryRun {
 pub enum Compress {
     Auto,
     None,
+}
+
+/// `--pipeline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Pipeline {
+    Auto,
+    Off,
 }
 
 /// `--relay`.

@@ -70,6 +70,9 @@ pub struct NodeResult {
     /// How the bytes came: "direct", "relay from NODE", or why a relay fell back.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// Parts the stream was cut into, imported one after another as they arrived (one per
+    /// layer sent; 1: imported once all of it was in). 0 when nothing was streamed.
+    pub import_parts: usize,
 }
 
 /// Settings of a run that every node shares.
@@ -83,6 +86,11 @@ pub struct Run {
     pub relay: bool,
     /// Send streams in frames, zstd-compressed where that pays (`--compress`).
     pub compress: bool,
+    /// Cut streams into one part per layer for runtimes that import parts, so nodes
+    /// unpack while the stream arrives (`--pipeline`).
+    pub pipeline: bool,
+    /// The run's id: tags the prefix images of cut streams.
+    pub run_id: String,
     /// Cancelled on Ctrl-C: nodes not started yet never start, and a node in flight stops
     /// at once. Every helper pod created is deleted before `execute` returns, so a create
     /// still in flight when the signal came is never orphaned.
@@ -111,6 +119,7 @@ enum Moved {
         sent: u64,
         received: u64,
         reused: usize,
+        parts: usize,
         via: String,
     },
     Failed(anyhow::Error, String),
@@ -169,6 +178,7 @@ fn result(node: &str, started: Instant, status: Status, error: Option<String>) -
         runtime: None,
         verified_by: None,
         via: None,
+        import_parts: 0,
     }
 }
 
@@ -440,8 +450,15 @@ fn transfer_for<'a>(
     Transfer::new(
         Arc::clone(&run.archive),
         image,
-        common_layers(run, nodes),
+        common_layers(run, nodes.clone()),
         first.located.stream_refs(first.wanted),
+        // Cut when a member imports parts as they come; the others stage them all first.
+        (run.pipeline
+            && nodes
+                .clone()
+                .into_iter()
+                .any(|r| r.located.imports_in_parts()))
+        .then_some(run.run_id.as_str()),
     )
 }
 
@@ -450,11 +467,13 @@ async fn stream_direct(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, via: String) -
     let work = async {
         let transfer = transfer_for(run, [r])?;
         let reused = transfer.reused();
+        let parts = transfer.parts();
         r.bar.set_message(if reused == 0 {
             "sending".to_string()
         } else {
             format!("sending (reusing {reused} layer(s) on the node)")
         });
+        tracing::debug!(node = %r.node.node.name, parts, reused, "streaming directly");
         r.bar.set_length(transfer.len());
         let request = transfer.request(r.located.as_ref(), r.wanted, run.compress);
         let agent = Agent { pods, pod: &r.pod };
@@ -464,17 +483,18 @@ async fn stream_direct(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, via: String) -
         import_outcome(&out, reused)?;
         let sent = written
             .map_err(|e| anyhow!("streaming the archive failed after the import ended: {e}"))?;
-        Ok::<_, anyhow::Error>((sent, len, reused))
+        Ok::<_, anyhow::Error>((sent, len, reused, parts))
     };
     let done = tokio::select! {
         done = work => done,
         () = run.cancel.cancelled() => Err(anyhow!("interrupted")),
     };
     match done {
-        Ok((sent, received, reused)) => Moved::Imported {
+        Ok((sent, received, reused, parts)) => Moved::Imported {
             sent,
             received,
             reused,
+            parts,
             via,
         },
         Err(err) => Moved::Failed(err, via),
@@ -506,7 +526,8 @@ async fn relay(
     };
     let head = nodes[0].node.node.name.clone();
     let reused = transfer.reused();
-    tracing::debug!(head = %head, members = nodes.len(), depth = transfer::relay_depth(nodes.len()), reused, "relaying one upload");
+    let parts = transfer.parts();
+    tracing::debug!(head = %head, members = nodes.len(), depth = transfer::relay_depth(nodes.len()), reused, parts, "relaying one upload");
     let token = &token;
     let tree = &tree;
     let runs = nodes.iter().enumerate().map(|(i, r)| {
@@ -566,6 +587,7 @@ async fn relay(
                                 sent,
                                 received: len,
                                 reused,
+                                parts,
                                 via,
                             },
                             Err(err) => Moved::Failed(err, via),
@@ -621,8 +643,10 @@ async fn finish(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, moved: Moved) -> Node
             sent,
             received,
             reused,
+            parts,
             via,
         } => {
+            out.import_parts = parts;
             out.bytes_sent = sent;
             out.bytes_received = received;
             out.layers_reused = reused;

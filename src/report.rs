@@ -246,6 +246,7 @@ mod tests {
             runtime: None,
             verified_by: None,
             via: None,
+            import_parts: 1,
         };
         let w = WorkloadResult {
             kind: "StatefulSet",

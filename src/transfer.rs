@@ -19,50 +19,70 @@ use std::sync::Arc;
 use anyhow::Result;
 use indicatif::ProgressBar;
 use sideload_agent::frames::{self, CHUNK, RAW, ZSTD};
-use sideload_agent::protocol::Run;
+use sideload_agent::protocol::{Part, Run};
 
-use crate::archive::{Archive, PlatformImage};
+use crate::archive::{Archive, PlatformImage, StreamPlan};
 use crate::runtime::{Located, Wanted};
 
 /// One node's stream: an OCI-layout tar of one platform image, named `refs`, without the
-/// layers in `skip` (the node has them).
-#[derive(Debug, Clone)]
+/// layers in `skip` (the node has them); cut into one part per layer when the node's runtime
+/// imports parts (archive/parts.rs), so the node unpacks each layer while the next arrives.
+#[derive(Clone)]
 pub struct Transfer {
     archive: Arc<Archive>,
-    image: PlatformImage,
     skip: HashSet<String>,
-    refs: Vec<String>,
-    len: u64,
-    index_sha256: String,
+    plan: StreamPlan,
+}
+
+/// Repository of the prefix images a cut stream creates on a node for as long as its
+/// import runs (`.invalid`: no registry can ever serve, or be asked for, such a name).
+pub const PARTIAL_REPOSITORY: &str = "sideload.invalid/partial";
+
+impl std::fmt::Debug for Transfer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transfer")
+            .field("len", &self.len())
+            .field("parts", &self.plan.parts().len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Transfer {
+    /// `cut_as`: the tag prefix of the prefix images when the stream is to be cut into
+    /// parts (the run's id, so they are told apart from another run's), `None` for one part.
     pub fn new(
         archive: Arc<Archive>,
         image: PlatformImage,
         skip: HashSet<String>,
         refs: Vec<String>,
+        cut_as: Option<&str>,
     ) -> Result<Self> {
-        let len = archive.oci_len_named(&image, &skip, &refs)?;
-        let index_sha256 = archive.oci_index_sha256(&image, &refs)?;
+        let plan = archive.stream_plan(
+            &image,
+            &skip,
+            &refs,
+            cut_as.map(|tag| (PARTIAL_REPOSITORY, tag)),
+        )?;
         Ok(Transfer {
             archive,
-            image,
             skip,
-            refs,
-            len,
-            index_sha256,
+            plan,
         })
     }
 
-    /// sha256 (hex) of the stream's `index.json`, which the node agent checks.
+    /// sha256 (hex) of the stream's (last part's) `index.json`, which the node agent checks.
     pub fn index_sha256(&self) -> &str {
-        &self.index_sha256
+        self.plan.index_sha256()
     }
 
     /// The exact number of bytes [`Transfer::write`] writes: what the node is told to read.
     pub fn len(&self) -> u64 {
-        self.len
+        self.plan.len()
+    }
+
+    /// How many parts the node imports one after another.
+    pub fn parts(&self) -> usize {
+        self.plan.parts().len()
     }
 
     /// Layers left out because the node holds them.
@@ -70,13 +90,31 @@ impl Transfer {
         self.skip.len()
     }
 
-    /// The agent's import request for this stream, as `located` imports it: the length
-    /// and index digest announced are this transfer's, so they match what
+    /// The agent's import request for this stream, as `located` imports it: the length,
+    /// parts and index digests announced are this transfer's, so they match what
     /// [`Transfer::feed`] writes by construction.
     pub fn request(&self, located: &dyn Located, wanted: &Wanted, framed: bool) -> Run {
-        let mut request = located.import(wanted, self.len);
-        request.index_digest = Some(self.index_sha256.clone());
+        let mut request = located.import(wanted, self.len());
+        request.index_digest = Some(self.index_sha256().to_string());
         request.framed = framed;
+        let prefixes = self.plan.prefixes();
+        if !prefixes.is_empty() {
+            request.parts = self
+                .plan
+                .parts()
+                .iter()
+                .map(|p| Part {
+                    bytes: p.len,
+                    index_digest: p.index_sha256.clone(),
+                })
+                .collect();
+            // By name and by id: CRI's containerd plugin records an image under both.
+            let refs: Vec<String> = prefixes
+                .into_iter()
+                .flat_map(|p| [p.name, p.config])
+                .collect();
+            request.finally.extend(located.remove_images(&refs));
+        }
         request
     }
 
@@ -109,12 +147,12 @@ impl Transfer {
     pub fn write(&self, w: &mut dyn Write) -> io::Result<u64> {
         let written = self
             .archive
-            .write_oci_named(&self.image, &self.skip, &self.refs, w)
+            .write_plan(&self.plan, w)
             .map_err(|e| io::Error::other(e.to_string()))?;
-        if written != self.len {
+        if written != self.len() {
             return Err(io::Error::other(format!(
                 "wrote {written} bytes of a stream announced as {} bytes",
-                self.len
+                self.len()
             )));
         }
         Ok(written)
@@ -240,13 +278,19 @@ mod tests {
         let archive = Arc::new(Archive::open(&Source::Path(path)).unwrap());
         let image = archive.summary().images[0].clone();
         let refs = archive.summary().refs.clone();
-        let all =
-            Transfer::new(archive.clone(), image.clone(), HashSet::new(), refs.clone()).unwrap();
+        let all = Transfer::new(
+            archive.clone(),
+            image.clone(),
+            HashSet::new(),
+            refs.clone(),
+            None,
+        )
+        .unwrap();
         let mut out = Vec::new();
         assert_eq!(all.write(&mut out).unwrap(), all.len());
         assert_eq!(out.len() as u64, all.len());
         let skip = HashSet::from([image.layers[0].digest.clone()]);
-        let less = Transfer::new(archive, image, skip, refs).unwrap();
+        let less = Transfer::new(archive, image, skip, refs, None).unwrap();
         assert!(less.len() < all.len());
         assert_eq!(less.reused(), 1);
     }
@@ -262,6 +306,7 @@ mod tests {
             image,
             HashSet::new(),
             archive.summary().refs.clone(),
+            None,
         )
         .unwrap();
         let mut out = Vec::new();
@@ -351,6 +396,7 @@ mod tests {
             image,
             HashSet::new(),
             archive.summary().refs.clone(),
+            None,
         )
         .unwrap();
         std::fs::OpenOptions::new()

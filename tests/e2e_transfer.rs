@@ -80,9 +80,20 @@ async fn one_upload_reaches_every_node_through_the_relay() {
         "the client sent {uploaded} bytes for a {size}-byte archive to {} nodes",
         NODES.len()
     );
+    // Import while streaming: two layers sent, so the stream came in three parts (a
+    // prefix image per layer but the last, then the image), on every runtime (CRI-O
+    // stages them all, containerd imports each as it arrives); the prefix images are gone.
+    for n in report["nodes"].as_array().unwrap() {
+        assert_eq!(n["import_parts"], 2, "{n}");
+    }
     for node in NODES {
         let logs = run_pod_on(&client, "default", node, &relayed).await;
         assert!(logs.contains("hello from"), "{node}: {logs}");
+        let partial: Vec<_> = node_images(node)
+            .into_iter()
+            .filter(|i| i.contains("sideload.invalid"))
+            .collect();
+        assert!(partial.is_empty(), "{node} kept {partial:?}");
     }
 
     // The same without relay: one upload per node.

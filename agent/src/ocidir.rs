@@ -25,6 +25,12 @@ pub enum Error {
 /// must exist). Returns the number of blobs written. On error `dir` may hold a part; the
 /// caller removes it.
 pub fn receive(input: impl Read, bytes: u64, dir: &Path) -> Result<usize, Error> {
+    create(dir)?;
+    receive_into(input, bytes, dir)
+}
+
+/// Makes the new directory `dir` and its blob directory.
+pub fn create(dir: &Path) -> Result<(), Error> {
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(dir)
@@ -34,6 +40,20 @@ pub fn receive(input: impl Read, bytes: u64, dir: &Path) -> Result<usize, Error>
         .mode(0o700)
         .create(dir.join("blobs/sha256"))
         .map_err(|e| Error::Bad(format!("cannot create the blob directory: {e}")))?;
+    Ok(())
+}
+
+/// One more tar into `dir` (made by [`create`]): a part of a cut stream. Its `oci-layout`
+/// and `index.json` replace the part before's, so the last part's index names the image;
+/// a blob an earlier part wrote may not come again.
+pub fn receive_into(input: impl Read, bytes: u64, dir: &Path) -> Result<usize, Error> {
+    for name in ["oci-layout", "index.json"] {
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::Bad(format!("cannot replace {name}: {e}"))),
+        }
+    }
     let mut counted = Counted {
         inner: input.take(bytes),
         count: 0,

@@ -216,6 +216,26 @@ pub struct Run {
     /// absent: from the exec's stdin, to nobody.
     #[serde(default)]
     pub relay: Option<Relay>,
+    /// The stream cut into parts, one after another, each a whole OCI-layout tar whose
+    /// `index.json` has the part's digest; their lengths add up to the stream's. With
+    /// [`Stdin::Pipe`] the first command runs once per part, fed that part, and part k's
+    /// stdin closes only once the run for part k-1 has exited: part k arrives while part
+    /// k-1 is imported, and the imports still happen one after another. Empty: one part
+    /// (checked against `index_digest`).
+    #[serde(default)]
+    pub parts: Vec<Part>,
+    /// Run last, whatever happened before (unless the whole run timed out): removing what
+    /// the parts created on the way.
+    #[serde(default)]
+    pub finally: Vec<Command>,
+}
+
+/// One part of a cut stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    pub bytes: u64,
+    /// sha256 (hex) of the part's `index.json`.
+    pub index_digest: String,
 }
 
 /// One node's part in a relay: the plugin uploads once, to the head; every member passes
@@ -301,6 +321,11 @@ mod tests {
                 index_digest: "0".repeat(64),
                 connect_secs: 5,
             }),
+            parts: vec![Part {
+                bytes: 42,
+                index_digest: "1".repeat(64),
+            }],
+            finally: vec![Command::new(["/usr/bin/ctr", "images", "rm", "x"])],
         };
         let json = serde_json::to_string(&run).unwrap();
         assert!(json.contains(r#""mode":"oci-dir""#), "{json}");

@@ -3,10 +3,13 @@
 //! nodes, which cannot read a stream), then run one after another.
 
 use std::io::{Read, Write};
-use std::process::Stdio;
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
 use std::time::Duration;
 
-use sideload_agent::protocol::{self, Command, Run, Stdin};
+use sideload_agent::protocol::{self, Command, Part, Run, Stdin};
 
 use crate::stream::{self, Stream};
 use crate::{host, ocidir};
@@ -40,6 +43,9 @@ pub fn run(request: &Run) -> Result<i32, String> {
     }
     let written = write_files(request)?;
     let outcome = commands(request, first, rest);
+    for command in &request.finally {
+        cleanup(command);
+    }
     for path in written {
         let _ = std::fs::remove_file(path);
     }
@@ -87,8 +93,25 @@ fn commands(request: &Run, first: &Command, rest: &[Command]) -> Result<i32, Str
     };
     let code = match &request.stdin {
         Stdin::None => unreachable!("handled above"),
-        Stdin::Pipe { bytes } => pipe(first, *bytes, &mut input),
-        Stdin::OciDir { bytes, dir } => staged(&request.commands, *bytes, dir, &mut input),
+        Stdin::Pipe { bytes } if request.parts.is_empty() => pipe(first, *bytes, &mut input),
+        Stdin::Pipe { bytes } => {
+            let sum: u64 = request.parts.iter().map(|p| p.bytes).sum();
+            if sum != *bytes {
+                return Err(format!(
+                    "the parts add up to {sum} bytes, not the stream's {bytes}"
+                ));
+            }
+            pipeline(first, &request.parts, &mut input)
+        }
+        Stdin::OciDir { bytes, dir } => {
+            let sum: u64 = request.parts.iter().map(|p| p.bytes).sum();
+            if !request.parts.is_empty() && sum != *bytes {
+                return Err(format!(
+                    "the parts add up to {sum} bytes, not the stream's {bytes}"
+                ));
+            }
+            staged(&request.commands, *bytes, &request.parts, dir, &mut input)
+        }
     };
     // The peers downstream get the rest of the stream even when the import here failed.
     if input.feeds_peers() && !input.source_failed() {
@@ -144,6 +167,27 @@ fn watchdog(timeout: Duration) -> Result<(), String> {
         .map_err(|e| format!("cannot start the watchdog: {e}"))
 }
 
+/// A `finally` command: its output is not the run's; a failure is told, never fatal.
+fn cleanup(command: &Command) {
+    let outcome =
+        host::spawn(command, Stdio::null(), Stdio::null(), Stdio::piped()).and_then(|mut child| {
+            let mut err = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                let _ = stderr.read_to_string(&mut err);
+            }
+            host::wait(&mut child, None).map(|code| (code, err))
+        });
+    match outcome {
+        Ok((0, _)) => {}
+        Ok((code, err)) => eprintln!(
+            "sideload-agent: cleaning up: {} exited {code}: {}",
+            command.argv[0],
+            err.trim()
+        ),
+        Err(e) => eprintln!("sideload-agent: cleaning up: {e}"),
+    }
+}
+
 fn plain(command: &Command) -> Result<i32, String> {
     let mut child = host::spawn(command, Stdio::null(), Stdio::inherit(), Stdio::inherit())?;
     host::wait(&mut child, None)
@@ -151,63 +195,183 @@ fn plain(command: &Command) -> Result<i32, String> {
 
 fn pipe(command: &Command, bytes: u64, input: &mut Stream) -> Result<i32, String> {
     let mut child = host::spawn(command, Stdio::piped(), Stdio::inherit(), Stdio::inherit())?;
-    let mut to_child = Some(child.stdin.take().ok_or("no stdin pipe")?);
+    let mut to_child = child.stdin.take().ok_or("no stdin pipe")?;
+    let fed = feed(&mut to_child, bytes, input, &mut vec![0u8; BUFFER]);
+    if matches!(fed, Fed::Short(_) | Fed::Bad(_)) {
+        // Before its stdin closes: it must never see this input as complete.
+        let _ = child.kill();
+    }
+    drop(to_child); // the command's end of stream
+    settle(&command.argv[0], &mut child, fed, bytes)
+}
+
+/// Runs for at most this many parts wait, fed, for the run before them to exit; then the
+/// stream waits too (and with it any relay peers: they get it as fast as this node takes it).
+const WAITING: usize = 2;
+
+/// A cut stream: each part piped to its own run of `command` ([`protocol::Run::parts`]).
+/// This thread feeds part k while a second one waits for run k-1 to exit, and only then
+/// closes run k's stdin: the runs take their input as it arrives, but each starts its
+/// import once the one before it has finished (so it finds the layers below its own
+/// unpacked). The first failing run ends it; the runs after it are killed.
+fn pipeline(command: &Command, parts: &[Part], input: &mut Stream) -> Result<i32, String> {
+    let total: u64 = parts.iter().map(|p| p.bytes).sum();
+    let failed = Arc::new(AtomicBool::new(false));
+    let (queue, runs) = sync_channel::<(Child, ChildStdin, Fed, u64)>(WAITING);
+    let flag = failed.clone();
+    let name = command.argv[0].clone();
+    let closer = host::thread()
+        .spawn(move || {
+            let mut outcome: Result<i32, String> = Ok(0);
+            for (mut child, stdin, fed, bytes) in runs {
+                if !matches!(outcome, Ok(0)) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    continue;
+                }
+                drop(stdin); // the run before has exited: this one may start its import
+                outcome = settle(&name, &mut child, fed, bytes);
+                if !matches!(outcome, Ok(0)) {
+                    flag.store(true, Ordering::SeqCst);
+                }
+            }
+            outcome
+        })
+        .map_err(|e| format!("cannot start the import waiter: {e}"))?;
     let mut buf = vec![0u8; BUFFER];
+    let mut before: u64 = 0;
+    let mut started = Ok(());
+    for part in parts {
+        if failed.load(Ordering::SeqCst) {
+            break;
+        }
+        input.expect_part(&part.index_digest);
+        let mut child =
+            match host::spawn(command, Stdio::piped(), Stdio::inherit(), Stdio::inherit()) {
+                Ok(child) => child,
+                Err(e) => {
+                    started = Err(e);
+                    break;
+                }
+            };
+        let Some(mut stdin) = child.stdin.take() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            started = Err("no stdin pipe".to_string());
+            break;
+        };
+        let (fed, bytes) = match feed(&mut stdin, part.bytes, input, &mut buf) {
+            // Told as a place in the whole stream, not in the part.
+            Fed::Short(moved) => (Fed::Short(before + moved), total),
+            fed => (fed, part.bytes),
+        };
+        let whole = matches!(fed, Fed::All);
+        if matches!(fed, Fed::Short(_) | Fed::Bad(_)) {
+            // At once, before its stdin closes: it must never see this input as complete.
+            let _ = child.kill();
+        }
+        if queue.send((child, stdin, fed, bytes)).is_err() || !whole {
+            break;
+        }
+        before += part.bytes;
+    }
+    drop(queue);
+    let outcome = closer
+        .join()
+        .map_err(|_| "the import waiter failed".to_string())?;
+    started?;
+    outcome
+}
+
+/// How feeding one command's stdin ended.
+enum Fed {
+    /// Every byte went in.
+    All,
+    /// The command stopped reading after this many bytes (it failed; its exit code says
+    /// how).
+    Stopped(u64),
+    /// The stream ended (or broke) after this many bytes.
+    Short(u64),
+    /// The stream is not the plugin's.
+    Bad(String),
+}
+
+/// Moves exactly `bytes` bytes of `input` into `to` through `buf`.
+fn feed(to: &mut ChildStdin, bytes: u64, input: &mut Stream, buf: &mut [u8]) -> Fed {
     let mut moved: u64 = 0;
-    let mut child_stopped_reading = false;
-    let mut bad_stream = None;
     while moved < bytes {
-        let want = usize::try_from((bytes - moved).min(BUFFER as u64)).unwrap_or(BUFFER);
+        let want = usize::try_from((bytes - moved).min(buf.len() as u64)).unwrap_or(buf.len());
         let n = match input.read(&mut buf[..want]) {
-            Ok(0) => break,
+            Ok(0) => return Fed::Short(moved),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                bad_stream = Some(e.to_string());
-                break;
+                return Fed::Bad(e.to_string());
             }
-            Err(_) => break,
+            Err(_) => return Fed::Short(moved),
         };
         moved += n as u64;
-        if let Some(pipe) = &mut to_child
-            && pipe.write_all(&buf[..n]).is_err()
-        {
-            child_stopped_reading = true;
-            to_child = None;
-        }
         // A command that stopped reading has failed; the peers downstream still get the
         // whole stream (the caller drains it).
-        if to_child.is_none() {
-            break;
+        if to.write_all(&buf[..n]).is_err() {
+            return Fed::Stopped(moved);
         }
     }
-    drop(to_child); // the command's end of stream
-    if let Some(why) = bad_stream {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(why);
-    }
-    if moved < bytes && !child_stopped_reading {
-        // The plugin went away (or sent less than it announced): whatever the command
-        // made of a partial stream must not stand.
-        let _ = child.kill();
-        let _ = child.wait();
-        eprintln!("sideload-agent: the stream ended after {moved} of {bytes} bytes");
-        return Ok(protocol::STREAM_SHORT);
-    }
-    let code = host::wait(&mut child, None)?;
-    if code == 0 && moved < bytes {
-        return Err(format!(
-            "{} exited after reading {moved} of {bytes} bytes",
-            command.argv[0]
-        ));
-    }
-    Ok(code)
+    Fed::All
 }
 
-fn staged(commands: &[Command], bytes: u64, dir: &str, input: &mut Stream) -> Result<i32, String> {
+/// The exit code of a command whose stdin was fed (and is closed now), as the feeding
+/// ended: a bad or short stream kills it, whatever it made of its input must not stand.
+fn settle(name: &str, child: &mut Child, fed: Fed, bytes: u64) -> Result<i32, String> {
+    match fed {
+        Fed::All => host::wait(child, None),
+        Fed::Bad(why) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(why)
+        }
+        Fed::Short(moved) => {
+            // The plugin went away (or sent less than it announced).
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!("sideload-agent: the stream ended after {moved} of {bytes} bytes");
+            Ok(protocol::STREAM_SHORT)
+        }
+        Fed::Stopped(moved) => match host::wait(child, None)? {
+            0 => Err(format!(
+                "{name} exited after reading {moved} of {bytes} bytes"
+            )),
+            code => Ok(code),
+        },
+    }
+}
+
+/// A stream staged as one directory first; a cut stream's parts all go into it (the last
+/// part's index names the image), then the commands run.
+fn staged(
+    commands: &[Command],
+    bytes: u64,
+    parts: &[Part],
+    dir: &str,
+    input: &mut Stream,
+) -> Result<i32, String> {
     let dir = host::absolute(dir)?;
-    let received = ocidir::receive(input, bytes, dir);
+    let received = if parts.is_empty() {
+        ocidir::receive(&mut *input, bytes, dir)
+    } else {
+        ocidir::create(dir).and_then(|()| {
+            let mut before = 0;
+            for part in parts {
+                input.expect_part(&part.index_digest);
+                ocidir::receive_into(&mut *input, part.bytes, dir).map_err(|e| match e {
+                    ocidir::Error::Short { got } => ocidir::Error::Short { got: before + got },
+                    bad => bad,
+                })?;
+                before += part.bytes;
+            }
+            Ok(parts.len())
+        })
+    };
     let outcome = match received {
         Ok(_) => sequence(commands),
         Err(ocidir::Error::Short { got }) => {
@@ -223,4 +387,98 @@ fn staged(commands: &[Command], bytes: u64, dir: &str, input: &mut Stream) -> Re
         eprintln!("sideload-agent: could not remove {}: {e}", dir.display());
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+
+    fn log_file() -> std::path::PathBuf {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("agent-run-{}-{n}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    /// A part: a tar with an index.json and one blob of `fill` bytes.
+    fn part(fill: u8, len: usize) -> (Vec<u8>, Part) {
+        let index = format!("{{\"part\":{fill}}}");
+        let blob = vec![fill; len];
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in [
+            ("index.json".to_string(), index.as_bytes()),
+            (
+                format!("blobs/sha256/{}", hex::encode(Sha256::digest(&blob))),
+                &blob[..],
+            ),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, path, data).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let part = Part {
+            bytes: tar.len() as u64,
+            index_digest: hex::encode(Sha256::digest(index.as_bytes())),
+        };
+        (tar, part)
+    }
+
+    /// Each run gets exactly its part, and run k sees its end of input only after run k-1
+    /// has exited: a slow first run still finishes before the second writes its line.
+    #[test]
+    fn parts_run_one_after_another_each_fed_its_own_bytes() {
+        let log = log_file();
+        let (a, pa) = part(1, 300_000);
+        let (b, pb) = part(2, 10);
+        let (c, pc) = part(3, 70_000);
+        let stream = [a.clone(), b.clone(), c.clone()].concat();
+        let first = stream.len();
+        let mut input = Stream::of_bytes(stream, &pa.index_digest);
+        // Slow when its input is large: the first run would finish last if runs overlapped.
+        let mut command = Command::new([
+            "/bin/sh",
+            "-c",
+            "n=$(wc -c); [ \"$n\" -gt 200000 ] && sleep 0.5; echo $n >> \"$LOG\"",
+        ]);
+        command.env.insert("LOG".into(), log.display().to_string());
+        let code = pipeline(&command, &[pa, pb, pc], &mut input).unwrap();
+        assert_eq!(code, 0);
+        assert_eq!(input.read, first as u64);
+        let lines = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            lines.split_whitespace().collect::<Vec<_>>(),
+            [
+                a.len().to_string(),
+                b.len().to_string(),
+                c.len().to_string()
+            ]
+        );
+    }
+
+    /// A part whose index is not the announced one ends the pipeline: nothing after it runs.
+    #[test]
+    fn a_part_with_a_foreign_index_stops_the_pipeline() {
+        let log = log_file();
+        let (a, pa) = part(1, 1000);
+        let (b, mut pb) = part(2, 1000);
+        let (c, pc) = part(3, 1000);
+        pb.index_digest = "0".repeat(64);
+        let mut input = Stream::of_bytes([a, b, c].concat(), &pa.index_digest);
+        let mut command = Command::new(["/bin/sh", "-c", "exec wc -c >> \"$LOG\""]);
+        command.env.insert("LOG".into(), log.display().to_string());
+        let err = pipeline(&command, &[pa, pb, pc], &mut input).unwrap_err();
+        assert!(err.contains("is not the one the plugin sent"), "{err}");
+        let lines = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(
+            lines.lines().count(),
+            1,
+            "only the first part was imported: {lines}"
+        );
+    }
 }

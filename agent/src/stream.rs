@@ -125,6 +125,17 @@ impl Stream {
         }
     }
 
+    /// A checked stream of these bytes (tests of what reads it).
+    #[cfg(test)]
+    pub fn of_bytes(bytes: Vec<u8>, index_digest: &str) -> Stream {
+        Stream::over(
+            Box::new(io::Cursor::new(bytes)),
+            Vec::new(),
+            Some(Check::new(Some(index_digest.to_string()))),
+            false,
+        )
+    }
+
     /// The source failed (went silent, or broke): nothing more will come from it.
     pub fn source_failed(&self) -> bool {
         self.tee.lock().map(|t| t.failed).unwrap_or(true)
@@ -162,6 +173,14 @@ impl Stream {
             Some(Check::new(Some(relay.index_digest.clone()))),
             framed,
         ))
+    }
+
+    /// The next bytes start a new tar (a part of a cut stream) whose `index.json` must
+    /// have this digest. Streams read unchecked stay unchecked.
+    pub fn expect_part(&mut self, index_digest: &str) {
+        if self.check.is_some() {
+            self.check = Some(Check::new(Some(index_digest.to_string())));
+        }
     }
 
     /// Whether any peer is still fed.

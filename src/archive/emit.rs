@@ -19,20 +19,22 @@ use super::spec;
 use super::{Archive, ArchiveError, Blob, PlatformImage};
 
 /// One member of the tar we write.
+#[derive(Clone)]
 pub(super) struct OutEntry {
-    path: String,
-    size: u64,
-    src: OutSource,
+    pub(super) path: String,
+    pub(super) size: u64,
+    pub(super) src: OutSource,
 }
 
-enum OutSource {
+#[derive(Clone)]
+pub(super) enum OutSource {
     Memory(Arc<[u8]>),
     /// `size` bytes at this offset of the source tar stream.
     Stream(u64),
 }
 
 const BLOCK: u64 = 512;
-const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+pub(super) const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
 impl Archive {
     /// What `write_oci` writes, in order: metadata from memory first, then streamed blobs by
@@ -116,7 +118,7 @@ impl Archive {
         Ok(entries)
     }
 
-    /// sha256 (hex) of the `index.json` `write_oci_named` writes for `image` and `refs`: what
+    /// sha256 (hex) of the `index.json` a one-part stream carries for `image` and `refs`: what
     /// the node agent checks the stream's index against.
     pub fn oci_index_sha256(
         &self,
@@ -137,7 +139,11 @@ impl Archive {
 
     /// The `index.json` we write: one descriptor per ref, all pointing at `target`, named the
     /// way containerd's importer names RepoTags (`io.containerd.image.name` wins at import).
-    fn index_json(&self, target: &Blob, refs: &[String]) -> Result<Vec<u8>, ArchiveError> {
+    pub(super) fn index_json(
+        &self,
+        target: &Blob,
+        refs: &[String],
+    ) -> Result<Vec<u8>, ArchiveError> {
         let descriptor = |annotations| spec::OutDescriptor {
             media_type: &target.media_type,
             digest: &target.digest,
@@ -167,10 +173,12 @@ impl Archive {
         Ok(serde_json::to_vec(&index).expect("serialising a struct of strings cannot fail"))
     }
 
-    /// Writes the planned tar; returns the bytes written (== `tar_len(entries)`).
-    pub(super) fn write_entries<W: Write>(
+    /// Writes each planned tar in turn (a stream cut into parts, `parts.rs`); returns the
+    /// bytes written (the sum of `tar_len` of each). One inflater serves all of them, so a
+    /// gzip archive is inflated once, front to back, however many parts there are.
+    pub(super) fn write_tars<W: Write>(
         &self,
-        entries: &[OutEntry],
+        tars: &[&[OutEntry]],
         mut w: W,
     ) -> Result<u64, ArchiveError> {
         self.check_unchanged()?;
@@ -178,7 +186,14 @@ impl Archive {
         let mut written: u64 = 0;
         // gzip archives: one inflater for the whole call, only ever moving forward.
         let mut inflater: Option<(MultiGzDecoder<BufReader<PosReader<'_>>>, u64)> = None;
-        for e in entries {
+        for e in tars.iter().flat_map(|t| t.iter().map(Some).chain([None])) {
+            let Some(e) = e else {
+                // End of one tar: two zero blocks.
+                w.write_all(&[0u8; 2 * BLOCK as usize])
+                    .map_err(ArchiveError::Write)?;
+                written += 2 * BLOCK;
+                continue;
+            };
             w.write_all(&header(&e.path, e.size))
                 .map_err(ArchiveError::Write)?;
             match &e.src {
@@ -214,11 +229,8 @@ impl Archive {
                 .map_err(ArchiveError::Write)?;
             written += BLOCK + e.size + pad;
         }
-        // End of archive: two zero blocks.
-        w.write_all(&[0u8; 2 * BLOCK as usize])
-            .map_err(ArchiveError::Write)?;
         w.flush().map_err(ArchiveError::Write)?;
-        Ok(written + 2 * BLOCK)
+        Ok(written)
     }
 
     /// Copies exactly `n` bytes from `src` to `dst` through `buf` (bounded memory whatever
@@ -259,7 +271,7 @@ impl Archive {
     }
 }
 
-/// Bytes of the tar `write_entries` produces for `entries`.
+/// Bytes of the tar `write_tars` produces for `entries`.
 pub(super) fn tar_len(entries: &[OutEntry]) -> u64 {
     entries
         .iter()

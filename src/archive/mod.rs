@@ -8,6 +8,7 @@
 mod emit;
 mod error;
 mod layout;
+mod parts;
 mod platform;
 pub mod reference;
 mod scan;
@@ -19,7 +20,7 @@ pub(crate) mod testutil;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -28,6 +29,7 @@ use serde::Serialize;
 
 pub use error::ArchiveError;
 use layout::BlobData;
+pub use parts::StreamPlan;
 pub use platform::Platform;
 use scan::{CHUNK, ScanOpts};
 
@@ -342,7 +344,7 @@ impl Archive {
     /// layers streamed from the source with one 1 MiB buffer. Returns the bytes written,
     /// which equal `oci_len`.
     #[cfg(test)]
-    pub fn write_oci<W: Write>(
+    pub fn write_oci<W: std::io::Write>(
         &self,
         image: &PlatformImage,
         skip: &HashSet<String>,
@@ -353,8 +355,10 @@ impl Archive {
 
     /// `write_oci` naming the image `refs` instead of the archive's own refs (for an
     /// unnamed image and a user-given name). Each ref must be a full reference; use
-    /// `reference::normalize` first.
-    pub fn write_oci_named<W: Write>(
+    /// `reference::normalize` first. (Nodes get `write_plan`'s stream, which this is when
+    /// the stream is one part.)
+    #[cfg(test)]
+    pub fn write_oci_named<W: std::io::Write>(
         &self,
         image: &PlatformImage,
         skip: &HashSet<String>,
@@ -362,7 +366,7 @@ impl Archive {
         w: W,
     ) -> Result<u64, ArchiveError> {
         let plan = self.plan(image, skip, refs)?;
-        let written = self.write_entries(&plan, w)?;
+        let written = self.write_tars(&[&plan], w)?;
         debug_assert_eq!(written, emit::tar_len(&plan));
         Ok(written)
     }

@@ -20,6 +20,8 @@ use super::{Inventory, Version, Wanted, first_executable, first_socket, socket_p
 use crate::cluster::helper::Needs;
 
 /// How long an import may take on the node before the agent kills it.
+/// Removing a few image records.
+const REMOVE_TIMEOUT_SECS: u64 = 60;
 const IMPORT_TIMEOUT_SECS: u64 = 3600;
 /// How long a listing may take.
 const LIST_TIMEOUT_SECS: u64 = 60;
@@ -399,6 +401,20 @@ impl super::Located for Located {
         })
     }
 
+    /// ctr unpacks only once its whole input is in: fed a cut stream one part at a time,
+    /// it unpacks each layer while the next one arrives.
+    fn imports_in_parts(&self) -> bool {
+        true
+    }
+
+    fn remove_images(&self, refs: &[String]) -> Option<Command> {
+        let mut args = vec!["images", "rm"];
+        args.extend(refs.iter().map(String::as_str));
+        let mut command = self.ctr(&args);
+        command.timeout_secs = Some(REMOVE_TIMEOUT_SECS);
+        Some(command)
+    }
+
     fn import(&self, wanted: &Wanted, bytes: u64) -> Run {
         let platform = wanted.platform.to_string();
         let mut args = vec![
@@ -424,6 +440,8 @@ impl super::Located for Located {
             index_digest: None,
             framed: false,
             relay: None,
+            parts: Vec::new(),
+            finally: Vec::new(),
         }
     }
 }

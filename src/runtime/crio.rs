@@ -528,6 +528,8 @@ impl super::Located for Located {
             index_digest: None,
             framed: false,
             relay: None,
+            parts: Vec::new(),
+            finally: Vec::new(),
         }
     }
 }

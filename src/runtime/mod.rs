@@ -16,7 +16,7 @@ use std::fmt;
 
 use anyhow::Result;
 use serde::Serialize;
-use sideload_agent::protocol::{Answer, Query, Run};
+use sideload_agent::protocol::{Answer, Command, Query, Run};
 
 use crate::archive::Platform;
 use crate::cluster::helper::Needs;
@@ -186,6 +186,16 @@ pub trait Located: Send + Sync + fmt::Debug {
     }
     /// The import: a host command fed `bytes` bytes of OCI-layout tar.
     fn import(&self, wanted: &Wanted, bytes: u64) -> Run;
+    /// Whether [`Located::import`] takes a stream cut into parts (archive/parts.rs), one
+    /// run of its command per part; the prefix images the parts create are removed after
+    /// with [`Located::remove_images`].
+    fn imports_in_parts(&self) -> bool {
+        false
+    }
+    /// A host command removing these image records (not their layers) from the runtime.
+    fn remove_images(&self, _refs: &[String]) -> Option<Command> {
+        None
+    }
 }
 
 /// A lenient dotted version: `1.7.22`, `v2.0.0-rc.1`, `1.6.20~ds1` → (major, minor, patch).

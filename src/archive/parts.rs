@@ -1,0 +1,395 @@
+//! A node's stream cut into parts, each a whole OCI-layout tar a runtime imports by itself,
+//! so that a node unpacks one layer while the next is still arriving (issue 10: import
+//! while streaming). `ctr images import` unpacks only once its whole input has arrived;
+//! fed one part per layer it unpacks each layer as soon as that layer is in.
+//!
+//! Part k (every part but the last) carries one layer and a *prefix image* naming it: a
+//! manifest of the image's layers up to and including that one, and a config whose
+//! `rootfs.diff_ids` are theirs, named `<partial>-<k>`. Importing part k after part k-1
+//! finds the layers below unpacked and unpacks just the new one: runtimes key an unpacked
+//! layer by its chain id (the diff_ids up to it), which a prefix image shares with the real
+//! image. The last part is the stream as it would be whole, less the layers the parts
+//! before it carried: its import finds every layer unpacked and records the image under its
+//! names. The prefix images are removed afterwards (the agent's `finally`); their layers
+//! stay, held by the real image.
+//!
+//! The cut needs the layers in the archive in manifest order (one forward pass through the
+//! source, which a gzip archive needs), and at least two layers to send; otherwise the
+//! stream is one part, as before.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::emit::{OCI_LAYOUT, OutEntry, OutSource, tar_len};
+use super::layout::{BlobData, sha256_digest};
+use super::spec;
+use super::{Archive, ArchiveError, Blob, PlatformImage};
+
+/// OCI media type of the prefix images' configs.
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+/// What one node's stream is: its parts, in order.
+#[derive(Clone)]
+pub struct StreamPlan {
+    parts: Vec<Part>,
+}
+
+/// One part: a whole OCI-layout tar.
+#[derive(Clone)]
+pub struct Part {
+    entries: Vec<OutEntry>,
+    /// Its exact length in bytes.
+    pub len: u64,
+    /// sha256 (hex) of its `index.json`, which the node checks.
+    pub index_sha256: String,
+    /// The prefix image it creates; `None` for the last part (the image itself).
+    pub prefix: Option<Prefix>,
+}
+
+/// A prefix image as a runtime records it: by its name, and (CRI's containerd plugin) by
+/// its config digest, the image id.
+#[derive(Clone, Debug)]
+pub struct Prefix {
+    pub name: String,
+    pub config: String,
+}
+
+/// Config label of every prefix image: its own name.
+const PREFIX_LABEL: &str = "io.sideload.partial";
+
+impl StreamPlan {
+    pub fn parts(&self) -> &[Part] {
+        &self.parts
+    }
+
+    /// The whole stream's length.
+    pub fn len(&self) -> u64 {
+        self.parts.iter().map(|p| p.len).sum()
+    }
+
+    /// The prefix images the parts create on the node (to remove afterwards).
+    pub fn prefixes(&self) -> Vec<Prefix> {
+        self.parts.iter().filter_map(|p| p.prefix.clone()).collect()
+    }
+
+    /// sha256 (hex) of the last part's `index.json`: the one naming the image.
+    pub fn index_sha256(&self) -> &str {
+        self.parts.last().map_or("", |p| p.index_sha256.as_str())
+    }
+}
+
+impl Archive {
+    /// The stream for `image` named `refs` without the layers in `skip`: one part, or with
+    /// `partial` (a reference without tag, e.g. `sideload.invalid/partial`) cut into one
+    /// part per layer sent, whose prefix images are tagged `<partial>:<tag>-<k>`.
+    pub fn stream_plan(
+        &self,
+        image: &PlatformImage,
+        skip: &HashSet<String>,
+        refs: &[String],
+        partial: Option<(&str, &str)>,
+    ) -> Result<StreamPlan, ArchiveError> {
+        let image = self.own_image(image)?;
+        let whole = |skip: &HashSet<String>| -> Result<Part, ArchiveError> {
+            let entries = self.plan(image, skip, refs)?;
+            let index = self.oci_index_sha256(image, refs)?;
+            Ok(Part {
+                len: tar_len(&entries),
+                entries,
+                index_sha256: index,
+                prefix: None,
+            })
+        };
+        let sent = match partial {
+            Some(_) => self.cuttable(image, skip),
+            None => Vec::new(),
+        };
+        let (Some((repo, tag)), [carried @ .., _last]) = (partial, sent.as_slice()) else {
+            return Ok(StreamPlan {
+                parts: vec![whole(skip)?],
+            });
+        };
+        if carried.is_empty() {
+            return Ok(StreamPlan {
+                parts: vec![whole(skip)?],
+            });
+        }
+        let mut parts = Vec::with_capacity(sent.len());
+        let mut rest_skip = skip.clone();
+        for (k, &i) in carried.iter().enumerate() {
+            let name = format!("{repo}:{tag}-{}", k + 1);
+            parts.push(self.prefix_part(image, i, &name)?);
+            rest_skip.insert(image.layers[i].digest.clone());
+        }
+        parts.push(whole(&rest_skip)?);
+        Ok(StreamPlan { parts })
+    }
+
+    /// Writes the stream `plan` describes; returns the bytes written (== `plan.len()`).
+    pub fn write_plan<W: std::io::Write>(
+        &self,
+        plan: &StreamPlan,
+        w: W,
+    ) -> Result<u64, ArchiveError> {
+        let tars: Vec<&[OutEntry]> = plan.parts.iter().map(|p| &p.entries[..]).collect();
+        self.write_tars(&tars, w)
+    }
+
+    /// Indexes (into `image.layers`) of the layers a cut stream sends, one part each, or
+    /// nothing when the image cannot be cut: its layers are not in the archive in manifest
+    /// order, its metadata is not in memory, or its platform or diff_ids are unknown.
+    fn cuttable(&self, image: &PlatformImage, skip: &HashSet<String>) -> Vec<usize> {
+        if image.platform.architecture.is_empty() || image.diff_ids.len() != image.layers.len() {
+            return Vec::new();
+        }
+        let in_memory = |b: &Blob| matches!(self.blobs.get(&b.digest), Some(BlobData::Memory(_)));
+        let parents = self
+            .parents
+            .get(&image.manifest.digest)
+            .map_or(&[][..], Vec::as_slice);
+        if !parents
+            .iter()
+            .chain([&image.manifest, &image.config])
+            .all(in_memory)
+        {
+            return Vec::new();
+        }
+        let mut seen = HashSet::new();
+        let mut sent = Vec::new();
+        let mut last_offset = None;
+        for (i, layer) in image.layers.iter().enumerate() {
+            if skip.contains(&layer.digest) || !seen.insert(layer.digest.as_str()) {
+                continue;
+            }
+            match self.blobs.get(&layer.digest) {
+                Some(BlobData::Stream { offset, .. }) => {
+                    if last_offset.is_some_and(|last| *offset < last) {
+                        return Vec::new();
+                    }
+                    last_offset = Some(*offset);
+                }
+                Some(BlobData::Memory(_)) => {}
+                None => return Vec::new(),
+            }
+            sent.push(i);
+        }
+        sent
+    }
+
+    /// The part carrying layer `i`: a prefix image of layers `0..=i` named `name`.
+    fn prefix_part(
+        &self,
+        image: &PlatformImage,
+        i: usize,
+        name: &str,
+    ) -> Result<Part, ArchiveError> {
+        let platform = &image.platform;
+        // The label makes the config (so the image id a CRI runtime records for it, next
+        // to the name) this run's alone: removing that id can never touch another image.
+        let mut config = json!({
+            "architecture": platform.architecture,
+            "os": platform.os,
+            "config": {"Labels": {PREFIX_LABEL: name}},
+            "rootfs": {"type": "layers", "diff_ids": &image.diff_ids[..=i]},
+        });
+        if let Some(variant) = &platform.variant {
+            config["variant"] = json!(variant);
+        }
+        let config = serde_json::to_vec(&config).expect("a JSON value serialises");
+        let config_digest = sha256_digest(&config);
+        let layers = image.layers[..=i]
+            .iter()
+            .map(|l| spec::OutDescriptor {
+                media_type: &l.media_type,
+                digest: &l.digest,
+                size: l.size,
+                annotations: None,
+            })
+            .collect();
+        let manifest = spec::OutDockerManifest {
+            schema_version: 2,
+            media_type: spec::OCI_MANIFEST,
+            config: spec::OutDescriptor {
+                media_type: OCI_CONFIG,
+                digest: &config_digest,
+                size: config.len() as u64,
+                annotations: None,
+            },
+            layers,
+        };
+        let manifest = serde_json::to_vec(&manifest).expect("a struct of strings serialises");
+        let target = Blob {
+            digest: sha256_digest(&manifest),
+            size: manifest.len() as u64,
+            media_type: spec::OCI_MANIFEST.to_owned(),
+        };
+        let index = self.index_json(&target, &[name.to_owned()])?;
+        let index_sha256 = sha256_digest(&index)
+            .trim_start_matches("sha256:")
+            .to_string();
+        let layer = &image.layers[i];
+        let memory = |path: String, data: Vec<u8>| OutEntry {
+            path,
+            size: data.len() as u64,
+            src: OutSource::Memory(Arc::from(data)),
+        };
+        let blob_path =
+            |digest: &str| format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+        let layer_entry = OutEntry {
+            path: blob_path(&layer.digest),
+            size: layer.size,
+            src: match &self.blobs[&layer.digest] {
+                BlobData::Memory(data) => OutSource::Memory(Arc::clone(data)),
+                BlobData::Stream { offset, .. } => OutSource::Stream(*offset),
+            },
+        };
+        let entries = vec![
+            memory("oci-layout".to_owned(), OCI_LAYOUT.to_vec()),
+            memory("index.json".to_owned(), index),
+            memory(blob_path(&target.digest), manifest),
+            memory(blob_path(&config_digest), config),
+            layer_entry,
+        ];
+        Ok(Part {
+            len: tar_len(&entries),
+            entries,
+            index_sha256,
+            prefix: Some(Prefix {
+                name: name.to_owned(),
+                config: config_digest,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+    use crate::archive::Source;
+    use crate::archive::testutil::{TestImage, docker_archive, gzip, write_temp};
+
+    /// Splits a written stream back into its tars: (path, bytes) per member, per tar.
+    fn tars(mut stream: &[u8], plan: &StreamPlan) -> Vec<Vec<(String, Vec<u8>)>> {
+        plan.parts()
+            .iter()
+            .map(|p| {
+                let (mine, rest) = stream.split_at(p.len as usize);
+                stream = rest;
+                let mut members = Vec::new();
+                for e in tar::Archive::new(mine).entries().unwrap() {
+                    let mut e = e.unwrap();
+                    let path = e.path().unwrap().to_string_lossy().into_owned();
+                    let mut data = Vec::new();
+                    e.read_to_end(&mut data).unwrap();
+                    members.push((path, data));
+                }
+                members
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_cut_stream_is_one_importable_tar_per_layer_each_layer_once() {
+        for gz in [false, true] {
+            let img = TestImage::new(11, "linux/amd64", 3, 4096);
+            let bytes = docker_archive(&img, &["app:v1"]).tar();
+            let bytes = if gz { gzip(&bytes) } else { bytes };
+            let (_dir, path) = write_temp(&bytes);
+            let a = Archive::open(&Source::Path(path)).unwrap();
+            let image = a.summary().images[0].clone();
+            let refs = a.summary().refs.clone();
+            let plan = a
+                .stream_plan(
+                    &image,
+                    &HashSet::new(),
+                    &refs,
+                    Some(("sideload.invalid/partial", "r1")),
+                )
+                .unwrap();
+            assert_eq!(plan.parts().len(), 3);
+            let mut out = Vec::new();
+            assert_eq!(a.write_plan(&plan, &mut out).unwrap(), plan.len());
+            assert_eq!(out.len() as u64, plan.len());
+            let tars = tars(&out, &plan);
+            let mut layers_seen = Vec::new();
+            for (k, (members, part)) in tars.iter().zip(plan.parts()).enumerate() {
+                let get = |name: &str| &members.iter().find(|(p, _)| p == name).unwrap().1;
+                let index = get("index.json");
+                assert_eq!(
+                    sha256_digest(index),
+                    format!("sha256:{}", part.index_sha256)
+                );
+                let index: serde_json::Value = serde_json::from_slice(index).unwrap();
+                let target = index["manifests"][0]["digest"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                let manifest: serde_json::Value =
+                    serde_json::from_slice(get(&format!("blobs/sha256/{}", &target[7..]))).unwrap();
+                let listed = manifest["layers"].as_array().unwrap().len();
+                if k < 2 {
+                    // A prefix image of the first k+1 layers, named for this run.
+                    assert_eq!(listed, k + 1);
+                    let name = &part.prefix.as_ref().unwrap().name;
+                    assert_eq!(name, &format!("sideload.invalid/partial:r1-{}", k + 1));
+                    let config: serde_json::Value = serde_json::from_slice(get(&format!(
+                        "blobs/sha256/{}",
+                        &manifest["config"]["digest"].as_str().unwrap()[7..]
+                    )))
+                    .unwrap();
+                    assert_eq!(
+                        config["rootfs"]["diff_ids"].as_array().unwrap().len(),
+                        k + 1
+                    );
+                    assert_eq!(config["architecture"], "amd64");
+                } else {
+                    assert!(part.prefix.is_none());
+                    assert_eq!(target, image.manifest.digest, "the last part is the image");
+                    assert_eq!(
+                        part.index_sha256,
+                        a.oci_index_sha256(&image, &refs).unwrap()
+                    );
+                }
+                for l in &image.layers {
+                    if members.iter().any(|(p, _)| p.ends_with(&l.digest[7..])) {
+                        layers_seen.push(l.digest.clone());
+                    }
+                }
+            }
+            let want: Vec<String> = image.layers.iter().map(|l| l.digest.clone()).collect();
+            assert_eq!(layers_seen, want, "each layer once, in order (gz {gz})");
+        }
+    }
+
+    #[test]
+    fn one_layer_to_send_or_no_cut_asked_is_one_part() {
+        let img = TestImage::new(12, "linux/amd64", 2, 4096);
+        let (_dir, path) = write_temp(&docker_archive(&img, &["app:v1"]).tar());
+        let a = Archive::open(&Source::Path(path)).unwrap();
+        let image = a.summary().images[0].clone();
+        let refs = a.summary().refs.clone();
+        let whole = a.stream_plan(&image, &HashSet::new(), &refs, None).unwrap();
+        assert_eq!(whole.parts().len(), 1);
+        let mut out = Vec::new();
+        a.write_plan(&whole, &mut out).unwrap();
+        let mut plain = Vec::new();
+        a.write_oci_named(&image, &HashSet::new(), &refs, &mut plain)
+            .unwrap();
+        assert!(out == plain, "one part is the plain stream");
+        let skip = HashSet::from([image.layers[0].digest.clone()]);
+        let cut = a
+            .stream_plan(
+                &image,
+                &skip,
+                &refs,
+                Some(("sideload.invalid/partial", "r1")),
+            )
+            .unwrap();
+        assert_eq!(cut.parts().len(), 1, "one layer left to send");
+        assert!(cut.prefixes().is_empty());
+    }
+}
