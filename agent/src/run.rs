@@ -91,25 +91,18 @@ fn commands(request: &Run, first: &Command, rest: &[Command]) -> Result<i32, Str
             Err(stream::Source::Failed(why)) => return Err(why),
         },
     };
+    let announced = remaining(&request.stdin, 0);
+    let sum: u64 = request.parts.iter().map(|p| p.bytes).sum();
+    if !request.parts.is_empty() && sum != announced {
+        return Err(format!(
+            "the parts add up to {sum} bytes, not the stream's {announced}"
+        ));
+    }
     let code = match &request.stdin {
         Stdin::None => unreachable!("handled above"),
         Stdin::Pipe { bytes } if request.parts.is_empty() => pipe(first, *bytes, &mut input),
-        Stdin::Pipe { bytes } => {
-            let sum: u64 = request.parts.iter().map(|p| p.bytes).sum();
-            if sum != *bytes {
-                return Err(format!(
-                    "the parts add up to {sum} bytes, not the stream's {bytes}"
-                ));
-            }
-            pipeline(first, &request.parts, &mut input)
-        }
+        Stdin::Pipe { .. } => pipeline(first, &request.parts, &mut input),
         Stdin::OciDir { bytes, dir } => {
-            let sum: u64 = request.parts.iter().map(|p| p.bytes).sum();
-            if !request.parts.is_empty() && sum != *bytes {
-                return Err(format!(
-                    "the parts add up to {sum} bytes, not the stream's {bytes}"
-                ));
-            }
             staged(&request.commands, *bytes, &request.parts, dir, &mut input)
         }
     };
@@ -197,10 +190,7 @@ fn pipe(command: &Command, bytes: u64, input: &mut Stream) -> Result<i32, String
     let mut child = host::spawn(command, Stdio::piped(), Stdio::inherit(), Stdio::inherit())?;
     let mut to_child = child.stdin.take().ok_or("no stdin pipe")?;
     let fed = feed(&mut to_child, bytes, input, &mut vec![0u8; BUFFER]);
-    if matches!(fed, Fed::Short(_) | Fed::Bad(_)) {
-        // Before its stdin closes: it must never see this input as complete.
-        let _ = child.kill();
-    }
+    kill_if_incomplete(&mut child, &fed);
     drop(to_child); // the command's end of stream
     settle(&command.argv[0], &mut child, fed, bytes)
 }
@@ -266,10 +256,7 @@ fn pipeline(command: &Command, parts: &[Part], input: &mut Stream) -> Result<i32
             fed => (fed, part.bytes),
         };
         let whole = matches!(fed, Fed::All);
-        if matches!(fed, Fed::Short(_) | Fed::Bad(_)) {
-            // At once, before its stdin closes: it must never see this input as complete.
-            let _ = child.kill();
-        }
+        kill_if_incomplete(&mut child, &fed);
         if queue.send((child, stdin, fed, bytes)).is_err() || !whole {
             break;
         }
@@ -318,6 +305,14 @@ fn feed(to: &mut ChildStdin, bytes: u64, input: &mut Stream, buf: &mut [u8]) -> 
         }
     }
     Fed::All
+}
+
+/// Kills a command whose input broke off, before its stdin closes: it must never see that
+/// input end as if it were complete.
+fn kill_if_incomplete(child: &mut Child, fed: &Fed) {
+    if matches!(fed, Fed::Short(_) | Fed::Bad(_)) {
+        let _ = child.kill();
+    }
 }
 
 /// The exit code of a command whose stdin was fed (and is closed now), as the feeding

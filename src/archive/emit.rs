@@ -96,18 +96,10 @@ impl Archive {
             if !seen.insert(b.digest.as_str()) {
                 continue; // a layer listed twice is one blob
             }
-            let path = format!("blobs/sha256/{}", b.digest.trim_start_matches("sha256:"));
-            match &self.blobs[&b.digest] {
-                BlobData::Memory(data) => entries.push(OutEntry {
-                    path,
-                    size: data.len() as u64,
-                    src: OutSource::Memory(Arc::clone(data)),
-                }),
-                BlobData::Stream { offset, size } => streamed.push(OutEntry {
-                    path,
-                    size: *size,
-                    src: OutSource::Stream(*offset),
-                }),
+            let entry = self.blob_entry(&b.digest);
+            match entry.src {
+                OutSource::Memory(_) => entries.push(entry),
+                OutSource::Stream(_) => streamed.push(entry),
             }
         }
         streamed.sort_by_key(|e| match e.src {
@@ -118,8 +110,27 @@ impl Archive {
         Ok(entries)
     }
 
+    /// The tar member of one blob the archive holds (`plan` checked it is there).
+    pub(super) fn blob_entry(&self, digest: &str) -> OutEntry {
+        let path = blob_path(digest);
+        match &self.blobs[digest] {
+            BlobData::Memory(data) => OutEntry {
+                path,
+                size: data.len() as u64,
+                src: OutSource::Memory(Arc::clone(data)),
+            },
+            BlobData::Stream { offset, size } => OutEntry {
+                path,
+                size: *size,
+                src: OutSource::Stream(*offset),
+            },
+        }
+    }
+
     /// sha256 (hex) of the `index.json` a one-part stream carries for `image` and `refs`: what
-    /// the node agent checks the stream's index against.
+    /// the node agent checks the stream's index against. (Streams read theirs off the planned
+    /// `index.json`, `parts.rs`; this computes it apart, for tests to compare.)
+    #[cfg(test)]
     pub fn oci_index_sha256(
         &self,
         image: &PlatformImage,
@@ -269,6 +280,11 @@ impl Archive {
         }
         Ok(())
     }
+}
+
+/// Where an OCI layout keeps a blob.
+pub(super) fn blob_path(digest: &str) -> String {
+    format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))
 }
 
 /// Bytes of the tar `write_tars` produces for `entries`.

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::emit::{OCI_LAYOUT, OutEntry, OutSource, tar_len};
+use super::emit::{OCI_LAYOUT, OutEntry, OutSource, blob_path, tar_len};
 use super::layout::{BlobData, sha256_digest};
 use super::spec;
 use super::{Archive, ArchiveError, Blob, PlatformImage};
@@ -59,6 +59,27 @@ pub struct Prefix {
 /// Config label of every prefix image: its own name.
 const PREFIX_LABEL: &str = "io.sideload.partial";
 
+impl Part {
+    /// A part of these members: its length and index digest read off what is written.
+    fn of(entries: Vec<OutEntry>, prefix: Option<Prefix>) -> Part {
+        let index_sha256 = entries
+            .iter()
+            .find_map(|e| match &e.src {
+                OutSource::Memory(data) if e.path == "index.json" => Some(sha256_digest(data)),
+                _ => None,
+            })
+            .expect("every planned part has an index.json in memory")
+            .trim_start_matches("sha256:")
+            .to_string();
+        Part {
+            len: tar_len(&entries),
+            entries,
+            index_sha256,
+            prefix,
+        }
+    }
+}
+
 impl StreamPlan {
     pub fn parts(&self) -> &[Part] {
         &self.parts
@@ -92,30 +113,22 @@ impl Archive {
         partial: Option<(&str, &str)>,
     ) -> Result<StreamPlan, ArchiveError> {
         let image = self.own_image(image)?;
-        let whole = |skip: &HashSet<String>| -> Result<Part, ArchiveError> {
-            let entries = self.plan(image, skip, refs)?;
-            let index = self.oci_index_sha256(image, refs)?;
-            Ok(Part {
-                len: tar_len(&entries),
-                entries,
-                index_sha256: index,
-                prefix: None,
-            })
-        };
+        let whole = |skip: &HashSet<String>| Ok(Part::of(self.plan(image, skip, refs)?, None));
         let sent = match partial {
             Some(_) => self.cuttable(image, skip),
             None => Vec::new(),
         };
-        let (Some((repo, tag)), [carried @ .., _last]) = (partial, sent.as_slice()) else {
-            return Ok(StreamPlan {
-                parts: vec![whole(skip)?],
-            });
+        // Every layer sent but the last gets a part of its own; the last goes with the image.
+        let (repo, tag, carried) = match (partial, sent.as_slice()) {
+            (Some((repo, tag)), [carried @ .., _last]) if !carried.is_empty() => {
+                (repo, tag, carried)
+            }
+            _ => {
+                return Ok(StreamPlan {
+                    parts: vec![whole(skip)?],
+                });
+            }
         };
-        if carried.is_empty() {
-            return Ok(StreamPlan {
-                parts: vec![whole(skip)?],
-            });
-        }
         let mut parts = Vec::with_capacity(sent.len());
         let mut rest_skip = skip.clone();
         for (k, &i) in carried.iter().enumerate() {
@@ -226,41 +239,25 @@ impl Archive {
             media_type: spec::OCI_MANIFEST.to_owned(),
         };
         let index = self.index_json(&target, &[name.to_owned()])?;
-        let index_sha256 = sha256_digest(&index)
-            .trim_start_matches("sha256:")
-            .to_string();
-        let layer = &image.layers[i];
         let memory = |path: String, data: Vec<u8>| OutEntry {
             path,
             size: data.len() as u64,
             src: OutSource::Memory(Arc::from(data)),
-        };
-        let blob_path =
-            |digest: &str| format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
-        let layer_entry = OutEntry {
-            path: blob_path(&layer.digest),
-            size: layer.size,
-            src: match &self.blobs[&layer.digest] {
-                BlobData::Memory(data) => OutSource::Memory(Arc::clone(data)),
-                BlobData::Stream { offset, .. } => OutSource::Stream(*offset),
-            },
         };
         let entries = vec![
             memory("oci-layout".to_owned(), OCI_LAYOUT.to_vec()),
             memory("index.json".to_owned(), index),
             memory(blob_path(&target.digest), manifest),
             memory(blob_path(&config_digest), config),
-            layer_entry,
+            self.blob_entry(&image.layers[i].digest),
         ];
-        Ok(Part {
-            len: tar_len(&entries),
+        Ok(Part::of(
             entries,
-            index_sha256,
-            prefix: Some(Prefix {
+            Some(Prefix {
                 name: name.to_owned(),
                 config: config_digest,
             }),
-        })
+        ))
     }
 }
 

@@ -20,9 +20,9 @@ use super::{Inventory, Version, Wanted, first_executable, first_socket, socket_p
 use crate::cluster::helper::Needs;
 
 /// How long an import may take on the node before the agent kills it.
+const IMPORT_TIMEOUT_SECS: u64 = 3600;
 /// Removing a few image records.
 const REMOVE_TIMEOUT_SECS: u64 = 60;
-const IMPORT_TIMEOUT_SECS: u64 = 3600;
 /// How long a listing may take.
 const LIST_TIMEOUT_SECS: u64 = 60;
 
