@@ -213,6 +213,18 @@ pub enum ArchiveError {
         limit: u64,
     },
 
+    /// The tar holds more files and links than any image archive (`scan::MAX_ENTRIES`).
+    #[error(
+        "{name}: the tar holds more than {limit} files and links, far more than an image \
+         needs; this is not an image written by docker, podman or skopeo"
+    )]
+    TooManyEntries {
+        /// The archive.
+        name: String,
+        /// The limit.
+        limit: usize,
+    },
+
     /// Docker 25.0.0 wrote OCI manifests without layers (moby#47065).
     #[error(
         "{name}: manifest {manifest} lists no layers although its config has {diff_ids}; this \

@@ -97,6 +97,8 @@ struct Names {
     repo_tags: Vec<String>,
     ref_names: Vec<String>,
     tags: Vec<String>,
+    /// The bare tags of descriptors that carry no `io.containerd.image.name`.
+    loose_tags: Vec<String>,
 }
 
 impl Names {
@@ -113,13 +115,17 @@ impl Names {
             }
         }
         // A bare tag (Docker 25+ writes `org.opencontainers.image.ref.name: v2`) is not a
-        // name; it only names the image together with a repository found elsewhere.
+        // name; it only names the image together with a repository found elsewhere. Only
+        // the tag of a descriptor without a full name is joined: Docker 25+ writes both on
+        // each, and joining every tag to every repository named `docker save a:1 b:2` b:1
+        // and a:2 as well, which containerd's importer does not
+        // (`tests::bare_tags_join_no_repository_of_a_named_descriptor`).
         let repos: Vec<Reference> = refs
             .iter()
             .filter_map(|r| Reference::parse(r).ok())
             .collect();
         let mut seen = HashSet::new();
-        for tag in &self.tags {
+        for tag in &self.loose_tags {
             for repo in &repos {
                 if !seen.insert((repo.name(), tag.clone())) {
                     continue;
@@ -350,9 +356,21 @@ impl<'a> Ctx<'a> {
             let Some(n) = d.annotation(spec::ANNOTATION_REF_NAME) else {
                 continue;
             };
-            if reference::is_tag(n) {
-                if !names.tags.iter().any(|t| t == n) {
-                    names.tags.push(n.to_owned());
+            let tag = if reference::is_tag(n) {
+                Some(n)
+            } else {
+                object_tag(n)
+            };
+            if let Some(tag) = tag {
+                if tag.is_empty() {
+                    continue; // `@digest`: pinned, but no tag and no name
+                }
+                if !names.tags.iter().any(|t| t == tag) {
+                    names.tags.push(tag.to_owned());
+                }
+                let named = d.annotation(spec::ANNOTATION_IMAGE_NAME).is_some();
+                if !named && !names.loose_tags.iter().any(|t| t == tag) {
+                    names.loose_tags.push(tag.to_owned());
                 }
             } else {
                 self.add_ref(
@@ -776,6 +794,17 @@ fn data_of(m: &Member) -> BlobData {
             size: m.size,
         },
     }
+}
+
+/// The tag part of a `org.opencontainers.image.ref.name` that is containerd's
+/// `reference.Spec.Object` with a digest, `tag@sha256:…` or `@sha256:…` (an empty tag):
+/// what `ctr images export` writes for a name pinned to a digest, and what `write_oci` writes
+/// (emit.rs). Not a name: read as one, `@…` was refused and `v1@…` named an image `v1`
+/// (tests::containerd_ref_name_objects_are_tags_not_names). `None` for anything else.
+fn object_tag(ref_name: &str) -> Option<&str> {
+    let (tag, digest) = ref_name.split_once('@')?;
+    (reference::is_sha256_digest(digest) && (tag.is_empty() || reference::is_tag(tag)))
+        .then_some(tag)
 }
 
 /// docker writes untagged images as `<none>:<none>` in some versions; that is no name.

@@ -7,6 +7,8 @@
 
 mod emit;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod layout;
 mod parts;
 mod platform;

@@ -23,6 +23,15 @@ const PREFETCH_DEPTH: usize = 4;
 /// Most JSON we keep in memory for one archive. Real archives hold kilobytes; past this we
 /// stop caching, and anything we later need from an uncached member is refused as too large.
 const CACHE_BUDGET: u64 = 256 << 20;
+/// Most bytes a GNU long-name or long-link entry, a PAX extended header or a GNU sparse map
+/// may take: the limit of Go's archive/tar (which containerd reads archives with) and of
+/// libarchive, so nothing a runtime would import is refused.
+pub const SPECIAL_LIMIT: u64 = 1 << 20;
+/// Most files and links one archive may hold: an image archive holds a few per layer and
+/// per platform (runtimes stack at most ~128 layers), hundreds in all. Each entry kept
+/// costs a few hundred bytes, so without a cap a gzip stream of millions of empty entries
+/// grows memory with its decompressed size; at the cap it is about 10 MB.
+pub const MAX_ENTRIES: usize = 1 << 15;
 
 /// A regular file in the archive.
 #[derive(Debug)]
@@ -122,7 +131,7 @@ impl From<io::Error> for Failure {
 
 /// Reads every entry; returns where the last entry's (padded) data ends.
 fn walk(input: impl Read, scan: &mut Scan, opts: &ScanOpts<'_>) -> Result<u64, Failure> {
-    let mut archive = tar::Archive::new(input);
+    let mut archive = tar::Archive::new(HeaderGuard::new(input));
     let mut buf = vec![0u8; CHUNK];
     let mut cached: u64 = 0;
     let mut last_end = 0;
@@ -147,6 +156,7 @@ fn walk(input: impl Read, scan: &mut Scan, opts: &ScanOpts<'_>) -> Result<u64, F
                     clean(&target)
                 };
                 scan.links.insert(path, target);
+                check_entries(scan, opts)?;
                 continue;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {}
@@ -210,8 +220,19 @@ fn walk(input: impl Read, scan: &mut Scan, opts: &ScanOpts<'_>) -> Result<u64, F
                 head,
             },
         );
+        check_entries(scan, opts)?;
     }
     Ok(last_end)
+}
+
+fn check_entries(scan: &Scan, opts: &ScanOpts<'_>) -> Result<(), Failure> {
+    if scan.members.len() + scan.links.len() > MAX_ENTRIES {
+        return Err(Failure::Archive(ArchiveError::TooManyEntries {
+            name: opts.name.to_owned(),
+            limit: MAX_ENTRIES,
+        }));
+    }
+    Ok(())
 }
 
 /// Names whose content we always want in memory (if small).
@@ -333,6 +354,17 @@ pub fn looks_like(head: &[u8]) -> String {
 /// Turns a read error in the pass into the error a user can act on.
 fn classify(e: io::Error, opts: &ScanOpts<'_>, hit_eof: bool) -> ArchiveError {
     let name = opts.name.to_owned();
+    if let Some(big) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<SpecialTooLarge>())
+    {
+        return ArchiveError::TooLarge {
+            name,
+            file: format!("the tar's {} at byte {}", big.what, big.at),
+            size: big.size,
+            limit: SPECIAL_LIMIT,
+        };
+    }
     if let Some(spool) = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<SpoolError>())
@@ -380,6 +412,264 @@ impl<R: Read> Read for Counting<R> {
         let n = self.inner.read(buf)?;
         if n == 0 && !buf.is_empty() {
             self.eof = true;
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Sits under the tar crate and follows the tar's block structure as the crate reads it, to
+/// fail the read that completes a header whose extension data is over `SPECIAL_LIMIT`. The
+/// tar crate (0.4.46, `EntryFields::read_all`) buffers a GNU long name or long link and a
+/// PAX header whole, whatever size it declares, and keeps a GNU sparse map entry by entry:
+/// without this, a few kilobytes of gzip declaring gigabytes of long name fill memory
+/// (`tests::gzip_bomb_in_tar_extension_headers_is_refused_unread`).
+///
+/// It mirrors the crate's rules for where the next header starts (a PAX `size` record
+/// overrides the header's, sparse extension blocks follow their header). Where it cannot
+/// follow (the end-of-archive block, a bad checksum or size field) the crate stops too, so
+/// it stops checking.
+struct HeaderGuard<R> {
+    inner: R,
+    /// Bytes passed through.
+    pos: u64,
+    /// Where the next block to check (a header or a sparse extension block) starts.
+    at: u64,
+    block: [u8; 512],
+    filled: usize,
+    expect: Expect,
+    /// A PAX header's data being gathered: where it ends, and the bytes so far.
+    pax_data: Option<(u64, Vec<u8>)>,
+    /// A PAX header was read for the coming entry; with its `size` record, if any.
+    pax: Option<Option<u64>>,
+    off: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Expect {
+    Header,
+    /// GNU sparse extension blocks; then `data` (padded) bytes of data.
+    SparseExt {
+        header: u64,
+        data: u64,
+        blocks: u64,
+    },
+}
+
+/// An extension entry over `SPECIAL_LIMIT`, told apart by `classify`.
+#[derive(Debug)]
+struct SpecialTooLarge {
+    what: &'static str,
+    at: u64,
+    size: u64,
+}
+
+impl std::fmt::Display for SpecialTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} at byte {} is {} bytes",
+            self.what, self.at, self.size
+        )
+    }
+}
+
+impl std::error::Error for SpecialTooLarge {}
+
+impl<R> HeaderGuard<R> {
+    fn new(inner: R) -> HeaderGuard<R> {
+        HeaderGuard {
+            inner,
+            pos: 0,
+            at: 0,
+            block: [0; 512],
+            filled: 0,
+            expect: Expect::Header,
+            pax_data: None,
+            pax: None,
+            off: false,
+        }
+    }
+
+    /// Looks at the bytes `chunk`, which start at `self.pos`.
+    fn observe(&mut self, chunk: &[u8]) -> io::Result<()> {
+        let mut p = 0;
+        while p < chunk.len() && !self.off {
+            let here = self.pos + p as u64;
+            let left = chunk.len() - p;
+            if let Some((end, data)) = &mut self.pax_data {
+                let n = left.min(usize::try_from(*end - here).unwrap_or(usize::MAX));
+                data.extend_from_slice(&chunk[p..p + n]);
+                p += n;
+                if here + n as u64 == *end {
+                    self.pax = Some(pax_size(data));
+                    self.pax_data = None;
+                }
+                continue;
+            }
+            if here < self.at {
+                p += left.min(usize::try_from(self.at - here).unwrap_or(usize::MAX));
+                continue;
+            }
+            let n = left.min(512 - self.filled);
+            self.block[self.filled..self.filled + n].copy_from_slice(&chunk[p..p + n]);
+            self.filled += n;
+            p += n;
+            if self.filled == 512 {
+                self.filled = 0;
+                match self.expect {
+                    Expect::Header => self.header()?,
+                    Expect::SparseExt { .. } => self.sparse_ext()?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A whole header block at `self.at`: where does the next one start, and is its
+    /// extension data within bounds?
+    fn header(&mut self) -> io::Result<()> {
+        let start = self.at;
+        if self.block.iter().all(|b| *b == 0) || !is_tar_header(&self.block) {
+            self.off = true; // the end, or a header the tar crate refuses: it stops here
+            return Ok(());
+        }
+        let mut h = tar::Header::new_old();
+        h.as_mut_bytes().copy_from_slice(&self.block);
+        let Ok(mut size) = h.entry_size() else {
+            self.off = true;
+            return Ok(());
+        };
+        let ty = h.entry_type();
+        let recognized = h.as_gnu().is_some() || h.as_ustar().is_some();
+        let extension = ty.is_gnu_longname()
+            || ty.is_gnu_longlink()
+            || ty.is_pax_local_extensions()
+            || ty.is_pax_global_extensions();
+        // What the tar crate reads into memory and then goes on to the entry it describes.
+        let buffered = recognized
+            && (ty.is_gnu_longname() || ty.is_gnu_longlink() || ty.is_pax_local_extensions());
+        if !extension && let Some(Some(pax_size)) = self.pax {
+            size = pax_size;
+        }
+        if !buffered {
+            self.pax = None; // the crate hands this entry out; PAX records applied to it only
+        }
+        if buffered && size > SPECIAL_LIMIT {
+            let what = if ty.is_gnu_longname() {
+                "GNU long-name entry"
+            } else if ty.is_gnu_longlink() {
+                "GNU long-link entry"
+            } else {
+                "PAX extended header"
+            };
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                SpecialTooLarge {
+                    what,
+                    at: start,
+                    size,
+                },
+            ));
+        }
+        let data_start = start + 512;
+        if buffered && ty.is_pax_local_extensions() {
+            if self.pax.is_some() {
+                self.off = true; // two PAX headers for one entry: the crate fails
+                return Ok(());
+            }
+            if size == 0 {
+                self.pax = Some(None);
+            } else {
+                self.pax_data = Some((data_start + size, Vec::with_capacity(size as usize)));
+            }
+        }
+        let Some(padded) = size.checked_add(511).map(|s| s & !511) else {
+            self.off = true;
+            return Ok(());
+        };
+        if !buffered && ty.is_gnu_sparse() {
+            match h.as_gnu() {
+                Some(gnu) if gnu.is_extended() => {
+                    self.expect = Expect::SparseExt {
+                        header: start,
+                        data: padded,
+                        blocks: 0,
+                    };
+                    self.at = data_start;
+                    return Ok(());
+                }
+                Some(_) => {}
+                None => {
+                    self.off = true;
+                    return Ok(());
+                }
+            }
+        }
+        match data_start.checked_add(padded) {
+            Some(next) => self.at = next,
+            None => self.off = true,
+        }
+        Ok(())
+    }
+
+    /// A GNU sparse extension block: 21 more map entries, and whether another block follows.
+    fn sparse_ext(&mut self) -> io::Result<()> {
+        let Expect::SparseExt {
+            header,
+            data,
+            blocks,
+        } = self.expect
+        else {
+            unreachable!("called for sparse extension blocks only");
+        };
+        let blocks = blocks + 1;
+        if blocks * 512 > SPECIAL_LIMIT {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                SpecialTooLarge {
+                    what: "GNU sparse map",
+                    at: header,
+                    size: blocks * 512,
+                },
+            ));
+        }
+        let end = self.at + 512;
+        if self.block[504] == 1 {
+            self.expect = Expect::SparseExt {
+                header,
+                data,
+                blocks,
+            };
+            self.at = end;
+        } else {
+            self.expect = Expect::Header;
+            match end.checked_add(data) {
+                Some(next) => self.at = next,
+                None => self.off = true,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `size` record of PAX header data, read as the tar crate reads it (the first `size`
+/// record, none if a record before it is malformed).
+fn pax_size(data: &[u8]) -> Option<u64> {
+    for record in tar::PaxExtensions::new(data) {
+        let record = record.ok()?;
+        if record.key() == Ok("size") {
+            return record.value().ok()?.parse().ok();
+        }
+    }
+    None
+}
+
+impl<R: Read> Read for HeaderGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if !self.off {
+            self.observe(&buf[..n])?;
         }
         self.pos += n as u64;
         Ok(n)

@@ -1,7 +1,10 @@
 //! Test fixtures built in code: docker-archive, OCI layout, Docker 25+, multi-platform and
 //! gzip archives with deterministic pseudo-random layers. Tests edit the member lists to
-//! make broken archives.
+//! make broken archives. Also the test binary's allocator, which can tell the largest
+//! allocation a piece of code made.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -90,6 +93,43 @@ impl Members {
         }
         b.into_inner().unwrap()
     }
+
+    /// A tar of the members as Go's archive/tar writes a file over 8 GiB: a PAX header
+    /// carrying `path` and `size` (or `linkpath`) before each member, whose own header holds
+    /// a placeholder name and size 0. Readers must take both from the PAX records.
+    pub fn tar_pax(&self) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (i, (path, content)) in self.0.iter().enumerate() {
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(0o644);
+            h.set_mtime(1_700_000_000);
+            h.set_path(format!("pax-{i}")).unwrap();
+            h.set_size(0);
+            let size = match content {
+                Content::File(bytes) => bytes.len().to_string(),
+                Content::Symlink(_) => String::new(),
+            };
+            let (records, data): (Vec<(&str, &[u8])>, &[u8]) = match content {
+                Content::File(bytes) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    (
+                        vec![("path", path.as_bytes()), ("size", size.as_bytes())],
+                        bytes,
+                    )
+                }
+                Content::Symlink(target) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    let records = vec![("path", path.as_bytes()), ("linkpath", target.as_bytes())];
+                    (records, &[])
+                }
+            };
+            b.append_pax_extensions(records).unwrap();
+            h.set_cksum();
+            // `append` pads what it copies, not what the header says: the data is all there.
+            b.append(&h, data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
 }
 
 /// `n` deterministic pseudo-random bytes (xorshift64*).
@@ -111,6 +151,18 @@ pub fn layer(seed: u64, len: usize) -> Vec<u8> {
     let mut m = Members::default();
     m.file(&format!("data/file-{seed}"), noise(seed, len));
     m.tar()
+}
+
+/// A gzip stream of `len` zero bytes, cheap to make however long: one compressed MiB
+/// repeated as gzip members (which a multi-member decoder reads as one stream).
+pub fn gzip_zeros(len: usize) -> Vec<u8> {
+    let mib = gzip(&vec![0u8; 1 << 20]);
+    let mut out = Vec::new();
+    for _ in 0..len >> 20 {
+        out.extend_from_slice(&mib);
+    }
+    out.extend_from_slice(&gzip(&vec![0u8; len % (1 << 20)]));
+    out
 }
 
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -269,6 +321,42 @@ pub fn docker_archive(img: &TestImage, repo_tags: &[&str]) -> Members {
     m
 }
 
+/// `docker save` of an image whose first layer is also its third: docker stores it once and
+/// links the second copy to it (`<id>/layer.tar -> ../<first id>/layer.tar`).
+pub fn docker_archive_with_shared_layer(seed: u64) -> Members {
+    let base = layer(seed * 100 + 7, 10_000);
+    let other = layer(seed * 100 + 8, 1_000);
+    let layers = vec![base.clone(), other, base];
+    let diff_ids: Vec<String> = layers.iter().map(|l| sha256_digest(l)).collect();
+    let config = serde_json::to_vec(&json!({
+        "architecture": "arm64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    let img = TestImage {
+        os: "linux".into(),
+        arch: "arm64".into(),
+        variant: None,
+        manifest: oci_manifest(&config, &layers, false),
+        layers,
+        config,
+    };
+    let mut m = docker_archive(&img, &["registry.example/team/app:1.0"]);
+    let layer_paths: Vec<String> =
+        m.0.iter()
+            .filter(|(p, _)| p.ends_with("/layer.tar"))
+            .map(|(p, _)| p.clone())
+            .collect();
+    let first_dir = layer_paths[0].split('/').next().unwrap().to_owned();
+    m.remove(&layer_paths[2]);
+    m.symlink(&layer_paths[2], &format!("../{first_dir}/layer.tar"));
+    // manifest.json stays last, as docker writes it.
+    let manifest = m.get("manifest.json").to_vec();
+    m.remove("manifest.json");
+    m.file("manifest.json", manifest);
+    m
+}
+
 /// A docker-archive `manifest.json` naming one image.
 fn docker_manifest(config_path: &str, repo_tags: &[&str], layer_paths: &[String]) -> Vec<u8> {
     serde_json::to_vec(&json!([{
@@ -413,4 +501,60 @@ pub fn write_temp(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join("image.tar");
     std::fs::write(&path, bytes).unwrap();
     (dir, path)
+}
+
+/// The test binary's allocator: the system's, also noting the largest single request on a
+/// thread inside `largest_allocation` (elsewhere it costs one thread-local read).
+struct Tracking;
+
+thread_local! {
+    static LARGEST: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+fn note(size: usize) {
+    let _ = LARGEST.try_with(|largest| {
+        if let Some(so_far) = largest.get()
+            && size > so_far
+        {
+            largest.set(Some(size));
+        }
+    });
+}
+
+// SAFETY: every call goes to `System` unchanged; `note` only reads and writes a `Cell`.
+unsafe impl GlobalAlloc for Tracking {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Tracking = Tracking;
+
+/// Runs `f`; returns what it returned and the largest single allocation (bytes) it made on
+/// this thread. (`Archive::open` hashes and keeps metadata on the calling thread; its
+/// reading thread only ever holds `CHUNK`-sized buffers.)
+pub fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let outer = LARGEST.replace(Some(0));
+    let out = f();
+    let largest = LARGEST.replace(outer).unwrap_or(0);
+    if let Some(so_far) = outer {
+        LARGEST.set(Some(so_far.max(largest)));
+    }
+    (out, largest)
 }
