@@ -370,11 +370,11 @@ async fn inventory(agent: &Session, located: &dyn Located, wanted: &Wanted) -> R
 
 /// Phase 2: the bytes, for every ready node (results in the same order).
 async fn move_bytes(run: &Run, pods: &Api<Pod>, ready: &[(usize, Ready<'_>)]) -> Vec<Moved> {
-    // Nodes that need the very same stream: the same platform image under the same names.
-    let mut groups: BTreeMap<(String, Vec<String>), Vec<usize>> = BTreeMap::new();
+    // Nodes that need the very same stream: the same platform image (streams name it by
+    // the run's staging name, whatever the runtime).
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (k, (_, r)) in ready.iter().enumerate() {
-        let key = (r.wanted.manifest.clone(), r.located.stream_refs(r.wanted));
-        groups.entry(key).or_default().push(k);
+        groups.entry(r.wanted.manifest.clone()).or_default().push(k);
     }
     let mut moved: Vec<Option<Moved>> = (0..ready.len()).map(|_| None).collect();
     let mut direct = Vec::new();
@@ -451,14 +451,13 @@ fn transfer_for<'a>(
         Arc::clone(&run.archive),
         image,
         common_layers(run, nodes.clone()),
-        first.located.stream_refs(first.wanted),
+        &run.run_id,
         // Cut when a member imports parts as they come; the others stage them all first.
-        (run.pipeline
+        run.pipeline
             && nodes
                 .clone()
                 .into_iter()
-                .any(|r| r.located.imports_in_parts()))
-        .then_some(run.run_id.as_str()),
+                .any(|r| r.located.imports_in_parts()),
     )
 }
 
@@ -615,7 +614,8 @@ fn import_outcome(out: &Output, reused: usize) -> Result<()> {
         protocol::TIMED_OUT => anyhow!("the import on the node timed out and was stopped"),
         _ => out.clone().check("the import").unwrap_err(),
     };
-    Err(if reused > 0 {
+    // Layers taken from the node's store are worth a hint, unless the stream itself was bad.
+    Err(if reused > 0 && !out.stderr.contains(protocol::CORRUPTED) {
         err.context(format!(
             "{reused} layer(s) were taken from the node's store instead of sent; if the store \
              lost one meanwhile, run again with --force to send every layer"

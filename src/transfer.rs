@@ -32,11 +32,21 @@ pub struct Transfer {
     archive: Arc<Archive>,
     skip: HashSet<String>,
     plan: StreamPlan,
+    /// The one name the stream gives the image ([`staging_name`]).
+    staged: String,
 }
 
 /// Repository of the prefix images a cut stream creates on a node for as long as its
 /// import runs (`.invalid`: no registry can ever serve, or be asked for, such a name).
 pub const PARTIAL_REPOSITORY: &str = "sideload.invalid/partial";
+
+/// The name a stream gives its image, instead of the image's refs: runtimes that record
+/// a name before the import is complete (containerd) get the real names only once the
+/// import succeeded ([`Located::name_images`]), and this one is removed after. One per run,
+/// so every node gets the same stream (and the same index digest) whatever its runtime.
+pub fn staging_name(run_id: &str) -> String {
+    format!("{PARTIAL_REPOSITORY}:{run_id}-image")
+}
 
 impl std::fmt::Debug for Transfer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,25 +58,27 @@ impl std::fmt::Debug for Transfer {
 }
 
 impl Transfer {
-    /// `cut_as`: the tag prefix of the prefix images when the stream is to be cut into
-    /// parts (the run's id, so they are told apart from another run's), `None` for one part.
+    /// `run_id` tells this run's staging and prefix images from another run's; `cut`: the
+    /// stream is cut into parts, one per layer.
     pub fn new(
         archive: Arc<Archive>,
         image: PlatformImage,
         skip: HashSet<String>,
-        refs: Vec<String>,
-        cut_as: Option<&str>,
+        run_id: &str,
+        cut: bool,
     ) -> Result<Self> {
+        let staged = staging_name(run_id);
         let plan = archive.stream_plan(
             &image,
             &skip,
-            &refs,
-            cut_as.map(|tag| (PARTIAL_REPOSITORY, tag)),
+            std::slice::from_ref(&staged),
+            cut.then_some((PARTIAL_REPOSITORY, run_id)),
         )?;
         Ok(Transfer {
             archive,
             skip,
             plan,
+            staged,
         })
     }
 
@@ -97,6 +109,9 @@ impl Transfer {
         let mut request = located.import(wanted, self.len());
         request.index_digest = Some(self.index_sha256().to_string());
         request.framed = framed;
+        request
+            .commands
+            .extend(located.name_images(&self.staged, &wanted.refs));
         let prefixes = self.plan.prefixes();
         if !prefixes.is_empty() {
             request.parts = self
@@ -108,13 +123,12 @@ impl Transfer {
                     index_digest: p.index_sha256.clone(),
                 })
                 .collect();
-            // By name and by id: CRI's containerd plugin records an image under both.
-            let refs: Vec<String> = prefixes
-                .into_iter()
-                .flat_map(|p| [p.name, p.config])
-                .collect();
-            request.finally.extend(located.remove_images(&refs));
         }
+        // Prefix images by name and by id (CRI's containerd plugin records an image under
+        // both); the staged image by name only: its id is the image's own.
+        let mut names = vec![self.staged.clone()];
+        names.extend(prefixes.into_iter().flat_map(|p| [p.name, p.config]));
+        request.finally.extend(located.remove_images(&names));
         request
     }
 
@@ -128,6 +142,10 @@ impl Transfer {
         framed: bool,
     ) -> impl FnOnce(&mut dyn Write) -> io::Result<u64> + Send + 'static {
         move |w: &mut dyn Write| {
+            #[cfg(feature = "e2e")]
+            let mut flipped = fault::Flip::from_env(w);
+            #[cfg(feature = "e2e")]
+            let w: &mut dyn Write = &mut flipped;
             if !framed {
                 return self.write(&mut Counting { inner: w, bar });
             }
@@ -237,6 +255,48 @@ impl Write for Counting<'_> {
     }
 }
 
+/// A corrupted link, for the e2e suite only (the `e2e` feature; never in a release build):
+/// `SIDELOAD_E2E_FLIP_WIRE_BYTE=N` flips the bits of the Nth byte each stream puts on the
+/// wire, after framing and compression, as a bad link or a hostile middlebox would.
+#[cfg(feature = "e2e")]
+mod fault {
+    use std::io::{self, Write};
+
+    pub struct Flip<'a> {
+        inner: &'a mut dyn Write,
+        at: u64,
+        seen: u64,
+    }
+
+    impl<'a> Flip<'a> {
+        pub fn from_env(inner: &'a mut dyn Write) -> Self {
+            let at = std::env::var("SIDELOAD_E2E_FLIP_WIRE_BYTE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(u64::MAX);
+            Flip { inner, at, seen: 0 }
+        }
+    }
+
+    impl Write for Flip<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let end = self.seen + buf.len() as u64;
+            if (self.seen..end).contains(&self.at) {
+                let mut copy = buf.to_vec();
+                copy[(self.at - self.seen) as usize] ^= 0xff;
+                self.inner.write_all(&copy)?;
+            } else {
+                self.inner.write_all(buf)?;
+            }
+            self.seen = end;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.inner.flush()
+        }
+    }
+}
+
 /// Children per relay member: each uploads the stream this many times (plus its own
 /// import), and the tree is log2(N) deep.
 pub const FANOUT: usize = 2;
@@ -277,20 +337,13 @@ mod tests {
         let (_dir, path) = write_temp(&docker_archive(&img, &["app:v1"]).tar());
         let archive = Arc::new(Archive::open(&Source::Path(path)).unwrap());
         let image = archive.summary().images[0].clone();
-        let refs = archive.summary().refs.clone();
-        let all = Transfer::new(
-            archive.clone(),
-            image.clone(),
-            HashSet::new(),
-            refs.clone(),
-            None,
-        )
-        .unwrap();
+        let all =
+            Transfer::new(archive.clone(), image.clone(), HashSet::new(), "r1", false).unwrap();
         let mut out = Vec::new();
         assert_eq!(all.write(&mut out).unwrap(), all.len());
         assert_eq!(out.len() as u64, all.len());
         let skip = HashSet::from([image.layers[0].digest.clone()]);
-        let less = Transfer::new(archive, image, skip, refs, None).unwrap();
+        let less = Transfer::new(archive, image, skip, "r1", false).unwrap();
         assert!(less.len() < all.len());
         assert_eq!(less.reused(), 1);
     }
@@ -301,14 +354,7 @@ mod tests {
         let (_dir, path) = write_temp(&docker_archive(&img, &["app:v1"]).tar());
         let archive = Arc::new(Archive::open(&Source::Path(path)).unwrap());
         let image = archive.summary().images[0].clone();
-        let t = Transfer::new(
-            archive.clone(),
-            image,
-            HashSet::new(),
-            archive.summary().refs.clone(),
-            None,
-        )
-        .unwrap();
+        let t = Transfer::new(archive.clone(), image, HashSet::new(), "r1", false).unwrap();
         let mut out = Vec::new();
         t.write(&mut out).unwrap();
         let mut tar = tar::Archive::new(&out[..]);
@@ -321,6 +367,11 @@ mod tests {
         }
         use sha2::{Digest, Sha256};
         assert_eq!(hex::encode(Sha256::digest(&index)), t.index_sha256());
+        // The stream names the image by the run's staging name only: the runtime gets the
+        // real refs once the import succeeded.
+        let index = String::from_utf8(index).unwrap();
+        assert!(index.contains(&staging_name("r1")), "{index}");
+        assert!(!index.contains("app:v1"), "{index}");
     }
 
     /// The relay plan for 100 and 1,000 nodes (issue 10): the client uploads once whatever
@@ -391,14 +442,7 @@ mod tests {
         let (_dir, path) = write_temp(&docker_archive(&img, &["app:v1"]).tar());
         let archive = Arc::new(Archive::open(&Source::Path(path.clone())).unwrap());
         let image = archive.summary().images[0].clone();
-        let t = Transfer::new(
-            archive.clone(),
-            image,
-            HashSet::new(),
-            archive.summary().refs.clone(),
-            None,
-        )
-        .unwrap();
+        let t = Transfer::new(archive.clone(), image, HashSet::new(), "r1", false).unwrap();
         std::fs::OpenOptions::new()
             .write(true)
             .open(&path)

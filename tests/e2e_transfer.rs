@@ -369,3 +369,76 @@ async fn compression_on_and_off_give_the_same_image_in_fewer_bytes() {
         "compression saved too little: {seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_byte_corrupted_on_the_wire_fails_the_node_and_imports_nothing() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let namespace = TestNamespace::new(&client, "sl-flip").await;
+    let ns = namespace.name.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("sideload.test/flipped:{}", unique("v"));
+    let tar = dir.path().join("flipped.tar");
+    // Three random layers: containerd imports the stream in three parts (two prefix images
+    // exist by the time the last layer arrives); CRI-O stages it and checks every blob.
+    make_image(&reference, &tar, &["--layers", "3", "--layer-mib", "2"]);
+    let size = std::fs::metadata(&tar).unwrap().len();
+    let nodes = ["node-b", CRIO_NODE];
+    let args = [
+        tar.to_str().unwrap(),
+        "--nodes",
+        "node-b,node-d",
+        "--relay",
+        "off",
+        "-o",
+        "json",
+        "--helper-namespace",
+        &ns,
+    ];
+    // One byte of the last layer flipped on its way to every node (random layers travel
+    // as raw frames: the byte lands in the layer's data).
+    let mut cmd = plugin();
+    cmd.arg("--kubeconfig")
+        .arg(admin_kubeconfig())
+        .args(args)
+        .env("SIDELOAD_E2E_FLIP_WIRE_BYTE", (size * 5 / 6).to_string());
+    let out = run(cmd);
+    eprintln!("stderr:\n{}", stderr(&out));
+    assert!(
+        !out.status.success(),
+        "a corrupted stream must fail the run"
+    );
+    let report = json_out(&out);
+    for n in report["nodes"].as_array().unwrap() {
+        assert_eq!(n["status"], "failed", "{n}");
+        assert!(
+            n["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("corrupted in transit")),
+            "a failed node says why: {n}"
+        );
+    }
+    for node in nodes {
+        let images = node_images(node);
+        assert!(
+            !images.iter().any(|i| i.contains(&reference)),
+            "{node} holds the corrupted image: {images:?}"
+        );
+        let partial: Vec<_> = images
+            .iter()
+            .filter(|i| i.contains("sideload.invalid"))
+            .collect();
+        assert!(partial.is_empty(), "{node} kept {partial:?}");
+    }
+    let left = helper_pods(&client, &ns).await;
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    // The same run over a clean link loads both.
+    let out = sideload(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for node in nodes {
+        let logs = run_pod_on(&client, "default", node, &reference).await;
+        assert!(logs.contains("hello from"), "{node}: {logs}");
+        node_remove_image(node, &reference);
+    }
+}

@@ -63,6 +63,13 @@ pub fn receive_into(input: impl Read, bytes: u64, dir: &Path) -> Result<usize, E
     // Whatever the tar said, the stream is `bytes` long: read the rest (the end-of-archive
     // blocks) so a short stream is told apart from a bad one.
     let drained = io::copy(&mut counted, &mut io::sink());
+    // The stream's own check failed (agent/src/stream.rs: a blob corrupted in transit, an
+    // index that is not the plugin's): that, not the shortfall it causes, is the reason.
+    if let Err(e) = &drained
+        && e.kind() == io::ErrorKind::InvalidData
+    {
+        return Err(Error::Bad(e.to_string()));
+    }
     if counted.count < bytes {
         return Err(Error::Short { got: counted.count });
     }
@@ -143,9 +150,7 @@ fn unpack(input: &mut Counted<impl Read>, dir: &Path) -> Result<usize, Error> {
         if let Some(expected) = digest {
             let actual = hex::encode(hasher.finalize());
             if actual != expected {
-                return Err(Error::Bad(format!(
-                    "blob sha256:{expected} arrived with digest sha256:{actual}: corrupted in transit"
-                )));
+                return Err(Error::Bad(crate::stream::corrupted(&expected, &actual)));
             }
             blobs += 1;
         }

@@ -25,6 +25,8 @@ pub const HOST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 /// Exit code of the agent itself failing (bad request, stream cut short, …), as opposed to
 /// the exit code of the host command it ran; its stderr then starts with `sideload-agent:`.
 pub const AGENT_FAILED: i32 = 125;
+/// What the agent's message says when a blob's bytes do not hash to its name.
+pub const CORRUPTED: &str = "corrupted in transit";
 /// Exit code when stdin ended before the announced number of bytes arrived.
 pub const STREAM_SHORT: i32 = 124;
 /// Exit code when a command ran past its timeout and was killed.

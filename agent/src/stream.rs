@@ -376,7 +376,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Walks the tar structure as bytes pass: 512-byte headers, contents, padding.
+/// Walks the tar structure as bytes pass: 512-byte headers, contents, padding; checks
+/// `index.json` against the digest the plugin announced and every blob against the digest
+/// it is named by, before its last bytes reach the importer (relay peers check for
+/// themselves). So a byte
+/// corrupted on the way fails the import with a message that says so (containerd's
+/// importer would store the blob under its actual digest and fail later, on "not found").
 struct Check {
     index_digest: Option<String>,
     header: Vec<u8>,
@@ -389,10 +394,27 @@ enum State {
     Content {
         left: u64,
         pad: u64,
-        hasher: Option<Sha256>,
+        /// The member's hash so far, and what it must come to.
+        hasher: Option<(Sha256, Expect)>,
     },
     Padding(u64),
     End,
+    /// The stream failed a check: every later read fails the same way (a reader that
+    /// drains the rest must not spin on a half-walked member).
+    Failed(String),
+}
+
+enum Expect {
+    Index(String),
+    Blob(String),
+}
+
+/// A blob whose bytes do not hash to its name.
+pub fn corrupted(expected: &str, actual: &str) -> String {
+    format!(
+        "blob sha256:{expected} arrived with digest sha256:{actual}: {}",
+        crate::protocol::CORRUPTED
+    )
 }
 
 impl Check {
@@ -405,10 +427,19 @@ impl Check {
         }
     }
 
-    fn feed(&mut self, mut data: &[u8]) -> Result<(), String> {
+    fn feed(&mut self, data: &[u8]) -> Result<(), String> {
+        if let State::Failed(why) = &self.state {
+            return Err(why.clone());
+        }
+        self.walk(data)
+            .inspect_err(|why| self.state = State::Failed(why.clone()))
+    }
+
+    fn walk(&mut self, mut data: &[u8]) -> Result<(), String> {
         while !data.is_empty() {
             match &mut self.state {
                 State::End => return Ok(()), // trailing zeros up to the announced length
+                State::Failed(why) => return Err(why.clone()),
                 State::Header => {
                     let take = (512 - self.header.len()).min(data.len());
                     self.header.extend_from_slice(&data[..take]);
@@ -420,20 +451,27 @@ impl Check {
                 }
                 State::Content { left, pad, hasher } => {
                     let take = (*left).min(data.len() as u64) as usize;
-                    if let Some(h) = hasher {
+                    if let Some((h, _)) = hasher {
                         h.update(&data[..take]);
                     }
                     *left -= take as u64;
                     data = &data[take..];
+                    // Checked once the member's bytes are all in hand, before the last of
+                    // them are passed on.
                     if *left == 0 {
-                        if let Some(h) = hasher.take() {
+                        if let Some((h, expect)) = hasher.take() {
                             let got = hex::encode(h.finalize());
-                            let want = self.index_digest.as_deref().unwrap_or_default();
-                            if got != want {
-                                return Err(format!(
-                                    "the stream's index.json (sha256:{got}) is not the one the \
-                                     plugin sent (sha256:{want})"
-                                ));
+                            match expect {
+                                Expect::Index(want) if got != want => {
+                                    return Err(format!(
+                                        "the stream's index.json (sha256:{got}) is not the one \
+                                         the plugin sent (sha256:{want})"
+                                    ));
+                                }
+                                Expect::Blob(want) if got != want => {
+                                    return Err(corrupted(&want, &got));
+                                }
+                                _ => {}
                             }
                         }
                         self.state = State::Padding(*pad);
@@ -491,8 +529,21 @@ impl Check {
         if !allowed {
             return Err(format!("unexpected tar entry {name:?} in the stream"));
         }
-        let hasher = (name == "index.json" && self.index_digest.is_some()).then(Sha256::new);
+        let expect = match (name.as_str(), &self.index_digest) {
+            ("index.json", Some(d)) => Some(Expect::Index(d.clone())),
+            ("index.json" | "oci-layout", _) => None,
+            (blob, _) => blob
+                .strip_prefix("blobs/sha256/")
+                .map(|hex| Expect::Blob(hex.to_string())),
+        };
+        let hasher = expect.map(|e| (Sha256::new(), e));
         let pad = (512 - size % 512) % 512;
+        if let (0, Some((h, Expect::Blob(want)))) = (size, &hasher) {
+            let got = hex::encode(h.clone().finalize());
+            if &got != want {
+                return Err(corrupted(want, &got));
+            }
+        }
         Ok(if size == 0 {
             State::Padding(pad)
         } else {
@@ -558,6 +609,25 @@ mod tests {
             let err = feed_in_pieces(&mut other, &tar, piece).unwrap_err();
             assert!(err.contains("not the one the plugin sent"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_blob_that_does_not_hash_to_its_name_is_caught_before_its_last_byte_goes_on() {
+        let blob = b"layer bytes";
+        let name = format!("blobs/sha256/{}", hex::encode(Sha256::digest(blob)));
+        let tar = tar_of(&[(&name, b"layer bytez"), ("index.json", b"{}")]);
+        for piece in [1, 512, 100_000] {
+            let mut check = Check::new(None);
+            let err = feed_in_pieces(&mut check, &tar, piece).unwrap_err();
+            assert!(err.contains("corrupted in transit"), "{err}");
+            // Failed for good: a reader draining the rest gets the same error, at once.
+            assert_eq!(check.feed(&[0; 512]).unwrap_err(), err);
+        }
+        // An empty member is checked too.
+        let empty = format!("blobs/sha256/{}", hex::encode(Sha256::digest(blob)));
+        let mut check = Check::new(None);
+        let err = check.feed(&tar_of(&[(&empty, b"")])).unwrap_err();
+        assert!(err.contains("corrupted in transit"), "{err}");
     }
 
     #[test]

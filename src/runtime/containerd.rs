@@ -21,7 +21,7 @@ use crate::cluster::helper::Needs;
 
 /// How long an import may take on the node before the agent kills it.
 const IMPORT_TIMEOUT_SECS: u64 = 3600;
-/// Removing a few image records.
+/// Removing or naming a few image records.
 const REMOVE_TIMEOUT_SECS: u64 = 60;
 /// How long a listing may take.
 const LIST_TIMEOUT_SECS: u64 = 60;
@@ -407,6 +407,23 @@ impl super::Located for Located {
         true
     }
 
+    fn name_images(&self, staged: &str, refs: &[String]) -> Vec<Command> {
+        refs.iter()
+            .map(|r| {
+                // --force: a ref that names an older image now names this one, as an
+                // import would have done.
+                let mut args = vec!["images", "tag", "--force"];
+                if self.client.major >= 2 {
+                    args.push("--local");
+                }
+                args.extend([staged, r.as_str()]);
+                let mut command = self.ctr(&args);
+                command.timeout_secs = Some(REMOVE_TIMEOUT_SECS);
+                command
+            })
+            .collect()
+    }
+
     fn remove_images(&self, refs: &[String]) -> Option<Command> {
         let mut args = vec!["images", "rm"];
         args.extend(refs.iter().map(String::as_str));
@@ -737,6 +754,29 @@ mod tests {
         l.client = Version::new(2, 1, 0);
         let run = l.import(&w, 42);
         assert!(run.commands[0].argv.contains(&"--local".to_string()));
+    }
+
+    #[test]
+    fn the_staged_image_gets_each_ref_once_imported() {
+        let mut l = located();
+        let refs = [
+            "docker.io/library/app:v1".to_string(),
+            "example.com/app:v1".to_string(),
+        ];
+        let tags = l.name_images("sideload.invalid/partial:r1-image", &refs);
+        assert_eq!(tags.len(), 2);
+        assert_eq!(
+            tags[1].argv[6..],
+            [
+                "tag",
+                "--force",
+                "sideload.invalid/partial:r1-image",
+                "example.com/app:v1"
+            ]
+        );
+        l.client = Version::new(2, 1, 0);
+        let tags = l.name_images("sideload.invalid/partial:r1-image", &refs);
+        assert!(tags[0].argv.contains(&"--local".to_string()));
     }
 
     fn check_output(digest: &str, status: &str, unpacked: &str) -> String {

@@ -480,11 +480,6 @@ impl super::Located for Located {
         })
     }
 
-    fn stream_refs(&self, wanted: &Wanted) -> Vec<String> {
-        // `skopeo copy oci:DIR` wants a layout with one image; each ref is a copy of it.
-        wanted.refs.iter().take(1).cloned().collect()
-    }
-
     fn import(&self, wanted: &Wanted, bytes: u64) -> Run {
         let commands = wanted
             .refs
@@ -638,7 +633,6 @@ mod tests {
             }
         );
         assert_eq!(run.commands[0].env["TMPDIR"], STAGING_PARENT);
-        assert_eq!(l.stream_refs(&wanted()), ["docker.io/library/app:v1"]);
     }
 
     #[test]

@@ -180,10 +180,6 @@ pub trait Located: Send + Sync + fmt::Debug {
     /// What the node holds of `wanted`.
     fn inventory_query(&self, wanted: &Wanted) -> Query;
     fn inventory(&self, wanted: &Wanted, answer: &Answer) -> Result<Inventory>;
-    /// The refs the stream's index.json names (all of them, unless the importer takes one).
-    fn stream_refs(&self, wanted: &Wanted) -> Vec<String> {
-        wanted.refs.clone()
-    }
     /// The import: a host command fed `bytes` bytes of OCI-layout tar.
     fn import(&self, wanted: &Wanted, bytes: u64) -> Run;
     /// Whether [`Located::import`] takes a stream cut into parts (archive/parts.rs), one
@@ -191,6 +187,14 @@ pub trait Located: Send + Sync + fmt::Debug {
     /// with [`Located::remove_images`].
     fn imports_in_parts(&self) -> bool {
         false
+    }
+    /// Host commands run once the import succeeded, giving the image its real names: the
+    /// stream names it only by a staging name (`transfer::staging_name`), so an import that
+    /// fails half-way (a corrupted blob, a killed helper) never leaves a broken image under,
+    /// or takes away the image that was under, the refs. Empty for importers that write
+    /// the refs only once the whole image is in (skopeo, CRI-O).
+    fn name_images(&self, _staged: &str, _refs: &[String]) -> Vec<Command> {
+        Vec::new()
     }
     /// A host command removing these image records (not their layers) from the runtime.
     fn remove_images(&self, _refs: &[String]) -> Option<Command> {
