@@ -379,9 +379,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Walks the tar structure as bytes pass: 512-byte headers, contents, padding; checks
 /// `index.json` against the digest the plugin announced and every blob against the digest
 /// it is named by, before its last bytes reach the importer (relay peers check for
-/// themselves). So a byte
-/// corrupted on the way fails the import with a message that says so (containerd's
-/// importer would store the blob under its actual digest and fail later, on "not found").
+/// themselves). So a byte corrupted on the way fails the import with a message that says
+/// so (containerd's importer would store the blob under its actual digest and fail later,
+/// on "not found").
 struct Check {
     index_digest: Option<String>,
     header: Vec<u8>,
@@ -407,6 +407,21 @@ enum State {
 enum Expect {
     Index(String),
     Blob(String),
+}
+
+impl Expect {
+    /// Whether a member's bytes, hashed, came to what they must.
+    fn verify(&self, hasher: Sha256) -> Result<(), String> {
+        let got = hex::encode(hasher.finalize());
+        match self {
+            Expect::Index(want) if got != *want => Err(format!(
+                "the stream's index.json (sha256:{got}) is not the one the plugin sent \
+                 (sha256:{want})"
+            )),
+            Expect::Blob(want) if got != *want => Err(corrupted(want, &got)),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A blob whose bytes do not hash to its name.
@@ -460,19 +475,7 @@ impl Check {
                     // them are passed on.
                     if *left == 0 {
                         if let Some((h, expect)) = hasher.take() {
-                            let got = hex::encode(h.finalize());
-                            match expect {
-                                Expect::Index(want) if got != want => {
-                                    return Err(format!(
-                                        "the stream's index.json (sha256:{got}) is not the one \
-                                         the plugin sent (sha256:{want})"
-                                    ));
-                                }
-                                Expect::Blob(want) if got != want => {
-                                    return Err(corrupted(&want, &got));
-                                }
-                                _ => {}
-                            }
+                            expect.verify(h)?;
                         }
                         self.state = State::Padding(*pad);
                     }
@@ -536,21 +539,18 @@ impl Check {
                 .strip_prefix("blobs/sha256/")
                 .map(|hex| Expect::Blob(hex.to_string())),
         };
-        let hasher = expect.map(|e| (Sha256::new(), e));
         let pad = (512 - size % 512) % 512;
-        if let (0, Some((h, Expect::Blob(want)))) = (size, &hasher) {
-            let got = hex::encode(h.clone().finalize());
-            if &got != want {
-                return Err(corrupted(want, &got));
-            }
-        }
         Ok(if size == 0 {
+            // An empty member never reaches the content state: checked here.
+            if let Some(expect) = &expect {
+                expect.verify(Sha256::new())?;
+            }
             State::Padding(pad)
         } else {
             State::Content {
                 left: size,
                 pad,
-                hasher,
+                hasher: expect.map(|e| (Sha256::new(), e)),
             }
         })
     }
