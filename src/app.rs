@@ -1,6 +1,6 @@
 //! The commands, stage by stage: arguments are checked and the archive read before the
 //! cluster is touched; the plan is whole before any pod is created; every pod created is
-//! deleted again, also on Ctrl-C/SIGTERM.
+//! deleted again, also on Ctrl-C, SIGTERM and SIGHUP.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::CommandFactory;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::Api;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,8 @@ use crate::cli::{
     CleanupArgs, Cli, Command, CompletionArgs, Compress, DryRun, InspectArgs, KubeArgs, LoadArgs,
     NodeSelection, Output, Pipeline, Relay,
 };
+use crate::cluster::helper::Runs;
+use crate::cluster::lease::{self, Heartbeat};
 use crate::cluster::nodes::{self, NodeFacts};
 use crate::cluster::{agent, client, helper};
 use crate::load::{self, Status};
@@ -26,9 +29,6 @@ use crate::plan::{self, Decision, Plan};
 use crate::progress::Progress;
 use crate::report;
 use crate::workload;
-
-/// Exit code when interrupted, as shells report SIGINT.
-const INTERRUPTED: u8 = 130;
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
@@ -157,6 +157,15 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
     let configmaps: Api<ConfigMap> =
         Api::namespaced(cluster.client.clone(), &plan.helper_namespace);
     let mut signals = Signals::listen();
+    // The run's heartbeat first: from now on `cleanup` run by anyone leaves this run alone.
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), &plan.helper_namespace);
+    let heartbeat = match Heartbeat::start(&leases, &plan.run_id).await {
+        Ok(heartbeat) => Some(heartbeat),
+        Err(warning) => {
+            progress.println(&format!("warning: {warning}"));
+            None
+        }
+    };
     let execute = async {
         // The agent's ConfigMaps first: the helper pods mount them.
         agent::create_configmaps(&configmaps, &plan.run_id, &plan.architectures(), false).await?;
@@ -165,7 +174,7 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
     tokio::pin!(execute);
     let executed = tokio::select! {
         results = &mut execute => results,
-        signal = signals.recv() => {
+        (signal, code) = signals.recv() => {
             progress.println(&format!(
                 "{signal}: stopping and deleting helper pods (interrupt again to quit at once) …"
             ));
@@ -177,13 +186,19 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
                 _ = signals.recv() => false,
             };
             let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &plan.helper_namespace);
+            let run = Runs::One(&plan.run_id);
             if unwound {
-                let _ = helper::sweep(&pods, Some(&plan.run_id), Duration::ZERO).await;
-                let _ = agent::delete_configmaps(&configmaps, Some(&plan.run_id)).await;
+                let _ = helper::sweep(&pods, run, Duration::ZERO).await;
+                let _ = agent::delete_configmaps(&configmaps, run).await;
             }
-            let mut left = helper::list(&pods, Some(&plan.run_id)).await.unwrap_or_default();
+            // Gone either way: what is left is for `cleanup`, which must not wait for the
+            // Lease to expire.
+            if let Some(heartbeat) = heartbeat {
+                heartbeat.stop().await;
+            }
+            let mut left = helper::list(&pods, run).await.unwrap_or_default();
             left.extend(
-                agent::list_configmaps(&configmaps, Some(&plan.run_id))
+                agent::list_configmaps(&configmaps, run)
                     .await
                     .unwrap_or_default()
                     .into_iter()
@@ -199,10 +214,13 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
                     plan.helper_namespace
                 );
             }
-            return Ok(ExitCode::from(INTERRUPTED));
+            return Ok(ExitCode::from(code));
         }
     };
-    let removed = agent::delete_configmaps(&configmaps, Some(&plan.run_id)).await;
+    let removed = agent::delete_configmaps(&configmaps, Runs::One(&plan.run_id)).await;
+    if let Some(heartbeat) = heartbeat {
+        heartbeat.stop().await;
+    }
     let results = executed?;
     if let Err(err) = removed {
         eprintln!(
@@ -232,12 +250,12 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         let say = |line: &str| eprintln!("{line}");
         workload_results = tokio::select! {
             results = stage.apply(&cluster.client, &covered, failed, &say) => results,
-            signal = signals.recv() => {
+            (signal, code) = signals.recv() => {
                 eprintln!(
                     "{signal}: stopped; a workload already patched keeps rolling out (see \
                      `kubectl rollout status`)"
                 );
-                return Ok(ExitCode::from(INTERRUPTED));
+                return Ok(ExitCode::from(code));
             }
         };
     }
@@ -470,31 +488,47 @@ fn inspect_table(summary: &Summary) -> String {
 
 async fn cleanup(kube: &KubeArgs, args: CleanupArgs) -> Result<ExitCode> {
     let cluster = client::connect(kube).await?;
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &args.helper_namespace);
+    let namespace = &args.helper_namespace;
+    // Runs still renewing their Lease are in progress (another user's, or another terminal's):
+    // their objects are left alone.
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), namespace);
+    let liveness = lease::liveness(&leases)
+        .await
+        .context("cannot tell which runs are still in progress, so nothing was deleted")?;
+    let live: Vec<String> = liveness.live.keys().cloned().collect();
+    let runs = Runs::AllBut(&live);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
     let names = if args.dry_run {
-        helper::list(&pods, None).await?
+        helper::list(&pods, runs).await?
     } else {
         // A run killed a moment ago may still have a create in the API's hands: sweep
         // until the namespace stays empty for a second.
-        helper::sweep(&pods, None, Duration::from_secs(1)).await?
+        helper::sweep(&pods, runs, Duration::from_secs(1)).await?
     };
-    let configmaps: Api<ConfigMap> =
-        Api::namespaced(cluster.client.clone(), &args.helper_namespace);
+    let configmaps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), namespace);
     let maps = if args.dry_run {
-        agent::list_configmaps(&configmaps, None).await?
+        agent::list_configmaps(&configmaps, runs).await?
     } else {
-        agent::delete_configmaps(&configmaps, None).await?
+        agent::delete_configmaps(&configmaps, runs).await?
     };
-    if names.is_empty() && maps.is_empty() {
+    if !args.dry_run {
+        lease::delete(&leases, &liveness.expired).await?;
+    }
+    for (run, ago) in &liveness.live {
         print_stdout(&format!(
-            "no helper pods in namespace {}\n",
-            args.helper_namespace
+            "run {run} is in progress (its lease was renewed {ago} s ago): left alone; a run \
+             counts as ended {} s after its last renewal\n",
+            lease::DURATION.as_secs()
         ));
+    }
+    if names.is_empty() && maps.is_empty() && liveness.live.is_empty() {
+        print_stdout(&format!("no helper pods in namespace {namespace}\n"));
     }
     let objects = names
         .iter()
         .map(|n| format!("pod/{n}"))
-        .chain(maps.iter().map(|m| format!("configmap/{m}")));
+        .chain(maps.iter().map(|m| format!("configmap/{m}")))
+        .chain(liveness.expired.iter().map(|l| format!("lease/{l}")));
     for object in objects {
         if args.dry_run {
             print_stdout(&format!("{object} would be deleted (dry run)\n"));
@@ -576,13 +610,16 @@ fn run_id() -> String {
         .collect()
 }
 
-/// Ctrl-C and SIGTERM, listened for from creation on: created just before the first
-/// helper pod, so no signal between "pod created" and "select polled" escapes cleanup.
+/// Ctrl-C, SIGTERM and SIGHUP (the terminal closed, an ssh session dropped), listened for
+/// from creation on: created just before the first object of the run, so no signal between
+/// "pod created" and "select polled" escapes cleanup.
 struct Signals {
     #[cfg(unix)]
     interrupt: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
     terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
@@ -593,14 +630,16 @@ impl Signals {
             Signals {
                 interrupt: signal(SignalKind::interrupt()).ok(),
                 terminate: signal(SignalKind::terminate()).ok(),
+                hangup: signal(SignalKind::hangup()).ok(),
             }
         }
         #[cfg(not(unix))]
         Signals {}
     }
 
-    /// Resolves on the first signal, naming it.
-    async fn recv(&mut self) -> &'static str {
+    /// Resolves on the first signal: its name, and the exit code shells report for a
+    /// process it ended (128 + its number).
+    async fn recv(&mut self) -> (&'static str, u8) {
         #[cfg(unix)]
         {
             async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
@@ -612,14 +651,15 @@ impl Signals {
                 }
             }
             tokio::select! {
-                _ = next(&mut self.interrupt) => "interrupt",
-                _ = next(&mut self.terminate) => "terminated",
+                _ = next(&mut self.interrupt) => ("interrupt", 130),
+                _ = next(&mut self.terminate) => ("terminated", 143),
+                _ = next(&mut self.hangup) => ("hangup", 129),
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
-            "interrupt"
+            ("interrupt", 130)
         }
     }
 }

@@ -285,10 +285,16 @@ async fn two_runs_at_once_do_not_collide() {
     let ns = namespace.name.clone();
     let mut children = Vec::new();
     let mut refs = Vec::new();
+    let mut tars = Vec::new();
     for i in 0..2 {
         let reference = format!("sideload.test/both-{i}:{}", unique("v"));
         let tar = dir.path().join(format!("both-{i}.tar"));
         make_image(&reference, &tar, &["--layers", "2", "--layer-mib", "8"]);
+        refs.push(reference);
+        tars.push(tar);
+    }
+    // Two users with different images, and a third with the first one's image at once.
+    for tar in [&tars[0], &tars[1], &tars[0]] {
         let mut cmd = plugin();
         cmd.arg("--kubeconfig")
             .arg(admin_kubeconfig())
@@ -302,12 +308,18 @@ async fn two_runs_at_once_do_not_collide() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         children.push(cmd.spawn().unwrap());
-        refs.push(reference);
     }
     for child in children {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
-        assert!(statuses(&json_out(&out)).iter().all(|(_, s)| s == "loaded"));
+        // The same image's second run may find a node already done by the first.
+        let report = json_out(&out);
+        assert!(
+            statuses(&report)
+                .iter()
+                .all(|(_, s)| s == "loaded" || s == "skipped"),
+            "{report}"
+        );
     }
     for node in NODES {
         let images = node_images(node);
@@ -316,6 +328,37 @@ async fn two_runs_at_once_do_not_collide() {
         }
     }
     assert!(helper_pods(&client, &ns).await.is_empty());
+}
+
+/// Starts a load of `tar` into `ns`'s helper namespace and returns once one of its helper
+/// pods exists.
+async fn start_load(
+    client: &kube::Client,
+    ns: &str,
+    tar: &std::path::Path,
+    nodes: &str,
+) -> std::process::Child {
+    let mut cmd = plugin();
+    cmd.arg("--kubeconfig")
+        .arg(admin_kubeconfig())
+        .arg(tar)
+        .args(["--helper-namespace", ns, "--nodes", nodes, "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    for _ in 0..240 {
+        if helper_pods(client, ns)
+            .await
+            .iter()
+            .any(|o| o.starts_with("pod/"))
+        {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    panic!("no helper pod appeared; the plugin said:\n{}", stderr(&out));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -330,58 +373,125 @@ async fn an_interrupted_run_leaves_nothing_behind() {
     let tar = dir.path().join("big.tar");
     make_image(&reference, &tar, &["--layers", "2", "--layer-mib", "128"]);
 
-    for signal in ["-INT", "-KILL"] {
-        let mut cmd = plugin();
-        cmd.arg("--kubeconfig")
-            .arg(admin_kubeconfig())
-            .arg(&tar)
-            .args(["--helper-namespace", &ns])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let child = cmd.spawn().unwrap();
+    // Ctrl-C, `kill`, and a terminal or ssh session closing: each unwinds the same way and
+    // exits as a shell reports that signal.
+    // At the helper pods' start, then while bytes stream and nodes import.
+    for (signal, code, after) in [("-INT", 130, 0), ("-TERM", 143, 3), ("-HUP", 129, 6)] {
+        let child = start_load(&client, &ns, &tar, "all").await;
+        tokio::time::sleep(Duration::from_secs(after)).await;
         let pid = child.id().to_string();
-        // Interrupt as soon as a helper pod exists.
-        let mut seen = false;
-        for _ in 0..240 {
-            if !helper_pods(&client, &ns).await.is_empty() {
-                seen = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        assert!(seen, "no helper pod appeared");
         let status = std::process::Command::new("kill")
             .args([signal, &pid])
             .status()
             .unwrap();
         assert!(status.success());
         let out = child.wait_with_output().unwrap();
-        if signal == "-INT" {
-            // The plugin cleans up after itself on Ctrl-C.
-            assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
-            let left = helper_pods(&client, &ns).await;
-            assert!(
-                left.is_empty(),
-                "SIGINT left helper pods {left:?}; plugin said:\n{}",
-                stderr(&out)
-            );
-            assert!(
-                stderr(&out).contains("no helper pod left behind"),
-                "{}",
-                stderr(&out)
-            );
-        } else {
-            // A killed plugin cannot clean up; `cleanup` must find its pods.
-            let cleanup = sideload(&["cleanup", "--helper-namespace", &ns]);
-            assert!(cleanup.status.success(), "{}", stderr(&cleanup));
-            let left = helper_pods(&client, &ns).await;
-            assert!(
-                left.is_empty(),
-                "cleanup left helper pods {left:?}; it said:\n{}{}",
-                String::from_utf8_lossy(&cleanup.stdout),
-                stderr(&cleanup)
-            );
-        }
+        assert_eq!(out.status.code(), Some(code), "{signal}: {}", stderr(&out));
+        let left = helper_pods(&client, &ns).await;
+        assert!(
+            left.is_empty(),
+            "{signal} left {left:?}; plugin said:\n{}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("no helper pod left behind"),
+            "{}",
+            stderr(&out)
+        );
+        let half: Vec<String> = NODES
+            .iter()
+            .flat_map(|n| node_half_states(n, &reference))
+            .collect();
+        assert!(half.is_empty(), "{signal} after {after} s: {half:?}");
+    }
+
+    // A killed plugin cannot clean up, and its Lease still looks alive for a while: a
+    // `cleanup` right away leaves the run alone, one after the Lease expired removes it all.
+    let child = start_load(&client, &ns, &tar, "all").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let pid = child.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = child.wait_with_output().unwrap();
+    let early = sideload(&["cleanup", "--helper-namespace", &ns]);
+    assert!(early.status.success(), "{}", stderr(&early));
+    assert!(
+        stdout(&early).contains("is in progress"),
+        "{}",
+        stdout(&early)
+    );
+    assert!(
+        helper_pods(&client, &ns)
+            .await
+            .iter()
+            .any(|o| o.starts_with("pod/")),
+        "cleanup removed a run whose Lease is alive: {}",
+        stdout(&early)
+    );
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    let cleanup = sideload(&["cleanup", "--helper-namespace", &ns]);
+    assert!(cleanup.status.success(), "{}", stderr(&cleanup));
+    let left = helper_pods(&client, &ns).await;
+    assert!(
+        left.is_empty(),
+        "cleanup left {left:?}; it said:\n{}{}",
+        stdout(&cleanup),
+        stderr(&cleanup)
+    );
+    assert!(stdout(&cleanup).contains("lease/"), "{}", stdout(&cleanup));
+    let half: Vec<String> = NODES
+        .iter()
+        .flat_map(|n| node_half_states(n, &reference))
+        .collect();
+    assert!(half.is_empty(), "SIGKILL mid-transfer, then cleanup: {half:?}");
+    for node in NODES {
+        node_remove_image(node, &reference);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cleanup_by_another_user_leaves_a_run_in_progress_alone() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let namespace = TestNamespace::new(&client, "sl-helpers").await;
+    let ns = namespace.name.clone();
+    let reference = format!("sideload.test/in-progress:{}", unique("v"));
+    let tar = dir.path().join("busy.tar");
+    make_image(&reference, &tar, &["--layers", "2", "--layer-mib", "64"]);
+    let child = start_load(&client, &ns, &tar, "node-a,node-b").await;
+    let before = helper_pods(&client, &ns).await;
+    let cleanup = sideload(&["cleanup", "--helper-namespace", &ns]);
+    assert!(cleanup.status.success(), "{}", stderr(&cleanup));
+    assert!(
+        stdout(&cleanup).contains("is in progress") && !stdout(&cleanup).contains("deleted"),
+        "{}",
+        stdout(&cleanup)
+    );
+    let during = helper_pods(&client, &ns).await;
+    assert!(
+        before
+            .iter()
+            .all(|o| during.contains(o) || o.starts_with("pod/")),
+        "cleanup removed objects of a live run: before {before:?}, after {during:?}"
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the run was disturbed: {}",
+        stderr(&out)
+    );
+    assert!(statuses(&json_out(&out)).iter().all(|(_, s)| s == "loaded"));
+    assert!(helper_pods(&client, &ns).await.is_empty());
+    for node in ["node-a", "node-b"] {
+        assert!(
+            node_images(node).contains(&reference),
+            "{reference} missing on {node}"
+        );
+        node_remove_image(node, &reference);
     }
 }
 
@@ -570,48 +680,50 @@ async fn a_node_whose_status_no_longer_lists_the_pause_image_still_loads() {
 async fn pod_security_rejection_names_the_fix() {
     let _logs = LogsOnFailure;
     let client = admin_client().await;
-    let ns_name = unique("restricted");
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": ns_name, "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}
-    }))
-    .unwrap();
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let reference = format!("sideload.test/psa:{}", unique("v"));
     let tar = dir.path().join("psa.tar");
-    make_image(&format!("sideload.test/psa:{}", unique("v")), &tar, &[]);
-    let out = sideload(&[
-        tar.to_str().unwrap(),
-        "--nodes",
-        "node-a",
-        "--helper-namespace",
-        &ns_name,
-    ]);
-    let dry = sideload(&[
-        tar.to_str().unwrap(),
-        "--nodes",
-        "node-a",
-        "--helper-namespace",
-        &ns_name,
-        "--dry-run=server",
-    ]);
-    let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
-    assert!(!out.status.success());
-    let all = format!("{}{}", stdout(&out), stderr(&out));
-    assert!(
-        all.contains("pod-security.kubernetes.io/enforce=privileged"),
-        "{all}"
-    );
-    assert!(!dry.status.success());
-    assert!(
-        stderr(&dry).contains("pod-security.kubernetes.io/enforce=privileged"),
-        "{}",
-        stderr(&dry)
-    );
+    make_image(&reference, &tar, &[]);
+    for level in ["baseline", "restricted"] {
+        let ns_name = unique(level);
+        let ns: Namespace = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns_name, "labels": {"pod-security.kubernetes.io/enforce": level}}
+        }))
+        .unwrap();
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+        let args = [
+            tar.to_str().unwrap(),
+            "--nodes",
+            "node-a",
+            "--helper-namespace",
+            &ns_name,
+        ];
+        let out = sideload(&args);
+        let left = helper_pods(&client, &ns_name).await;
+        let dry = sideload(&[&args[..], &["--dry-run=server"]].concat());
+        let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
+        assert!(!out.status.success(), "{level}");
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(
+            all.contains("pod-security.kubernetes.io/enforce=privileged"),
+            "{level}: {all}"
+        );
+        // Refused before any byte moved, and nothing of the run stays in the namespace.
+        assert!(!all.contains("loaded"), "{level}: {all}");
+        assert!(left.is_empty(), "{level}: left {left:?}");
+        assert!(!dry.status.success(), "{level}");
+        assert!(
+            stderr(&dry).contains("pod-security.kubernetes.io/enforce=privileged"),
+            "{level}: {}",
+            stderr(&dry)
+        );
+    }
+    assert!(!node_images("node-a").contains(&reference));
 }
 
 /// Nodes that exist as API objects only: a Windows node, a virtual kubelet, and a node

@@ -448,6 +448,8 @@ async fn the_documented_roles_are_enough_for_load_dry_run_cleanup_and_completion
         "limited user failed: {}",
         stderr(&out)
     );
+    // The run's Lease is in the Role: no warning about its heartbeat.
+    assert!(!stderr(&out).contains("lease"), "{}", stderr(&out));
     assert_eq!(
         statuses(&json_out(&out)),
         [("node-a".to_string(), "loaded".to_string())]

@@ -21,7 +21,7 @@ use sideload_agent::protocol::{self, Answer, Query, Run};
 
 use crate::cluster::errors::explain;
 use crate::cluster::exec::{self, Output};
-use crate::cluster::helper::{MANAGED_BY, RUN_LABEL};
+use crate::cluster::helper::{MANAGED_BY, RUN_LABEL, Runs};
 
 static AGENT_AMD64: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sideload-agent-amd64"));
 static AGENT_ARM64: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sideload-agent-arm64"));
@@ -123,14 +123,10 @@ pub async fn create_configmaps(
     Ok(())
 }
 
-/// Names of agent ConfigMaps in the namespace, of one run or of every run.
-pub async fn list_configmaps(api: &Api<ConfigMap>, run_id: Option<&str>) -> Result<Vec<String>> {
-    let mut selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
-    if let Some(run) = run_id {
-        selector.push_str(&format!(",{RUN_LABEL}={run}"));
-    }
+/// Names of agent ConfigMaps in the namespace of these runs.
+pub async fn list_configmaps(api: &Api<ConfigMap>, runs: Runs<'_>) -> Result<Vec<String>> {
     Ok(api
-        .list_metadata(&ListParams::default().labels(&selector))
+        .list_metadata(&ListParams::default().labels(&runs.selector()))
         .await
         .map_err(|e| explain(e, "list", "configmaps"))?
         .items
@@ -139,9 +135,9 @@ pub async fn list_configmaps(api: &Api<ConfigMap>, run_id: Option<&str>) -> Resu
         .collect())
 }
 
-/// Deletes the agent ConfigMaps of one run (or of every run); returns their names.
-pub async fn delete_configmaps(api: &Api<ConfigMap>, run_id: Option<&str>) -> Result<Vec<String>> {
-    let names = list_configmaps(api, run_id).await?;
+/// Deletes the agent ConfigMaps of these runs; returns their names.
+pub async fn delete_configmaps(api: &Api<ConfigMap>, runs: Runs<'_>) -> Result<Vec<String>> {
+    let names = list_configmaps(api, runs).await?;
     for name in &names {
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => {}

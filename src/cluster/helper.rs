@@ -471,12 +471,33 @@ pub async fn delete(api: &Api<Pod>, name: &str, wait: Duration) -> Result<()> {
     }
 }
 
-/// Names of helper pods in `namespace`, optionally of one run only.
-pub async fn list(api: &Api<Pod>, run_id: Option<&str>) -> Result<Vec<String>> {
-    let mut selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
-    if let Some(run) = run_id {
-        selector.push_str(&format!(",{RUN_LABEL}={run}"));
+/// Which runs' objects a list or a sweep covers.
+#[derive(Clone, Copy, Debug)]
+pub enum Runs<'a> {
+    /// One run: its own unwinding.
+    One(&'a str),
+    /// Every run but these (`cleanup`: those still alive), and objects with no run label.
+    AllBut(&'a [String]),
+}
+
+impl Runs<'_> {
+    /// The label selector for the plugin's objects of these runs.
+    pub fn selector(&self) -> String {
+        let mut selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+        match self {
+            Runs::One(run) => selector.push_str(&format!(",{RUN_LABEL}={run}")),
+            Runs::AllBut([]) => {}
+            Runs::AllBut(live) => {
+                selector.push_str(&format!(",{RUN_LABEL} notin ({})", live.join(",")))
+            }
+        }
+        selector
     }
+}
+
+/// Names of helper pods in `namespace` of these runs.
+pub async fn list(api: &Api<Pod>, runs: Runs<'_>) -> Result<Vec<String>> {
+    let selector = runs.selector();
     let pods = api
         .list_metadata(&ListParams::default().labels(&selector))
         .await
@@ -491,15 +512,15 @@ pub async fn list(api: &Api<Pod>, run_id: Option<&str>) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Deletes every helper pod of `run_id` (of any run when `None`) and lists again until a
-/// list comes back empty twice, `settle` apart: a create the API accepted just before its
-/// plugin died shows up late. Returns the names it deleted.
-pub async fn sweep(api: &Api<Pod>, run_id: Option<&str>, settle: Duration) -> Result<Vec<String>> {
+/// Deletes every helper pod of these runs and lists again until a list comes back empty
+/// twice, `settle` apart: a create the API accepted just before its plugin died shows up
+/// late. Returns the names it deleted.
+pub async fn sweep(api: &Api<Pod>, runs: Runs<'_>, settle: Duration) -> Result<Vec<String>> {
     let mut deleted = Vec::new();
     let mut quiet_once = false;
     // Bounded: a controller recreating pods with our labels must not keep us here forever.
     for _ in 0..10 {
-        let names = list(api, run_id).await?;
+        let names = list(api, runs).await?;
         if names.is_empty() {
             if quiet_once {
                 break;
@@ -520,6 +541,21 @@ pub async fn sweep(api: &Api<Pod>, run_id: Option<&str>, settle: Duration) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_select_one_run_or_every_run_but_the_live_ones() {
+        let base = "app.kubernetes.io/managed-by=kubectl-sideload";
+        assert_eq!(
+            Runs::One("abc123").selector(),
+            format!("{base},sideload.dev/run=abc123")
+        );
+        assert_eq!(Runs::AllBut(&[]).selector(), base);
+        let live = ["abc123".to_string(), "def456".to_string()];
+        assert_eq!(
+            Runs::AllBut(&live).selector(),
+            format!("{base},sideload.dev/run notin (abc123,def456)")
+        );
+    }
     use crate::archive::Platform;
     use crate::cluster::nodes::ListedImage;
     use crate::runtime::Runtime;

@@ -5,4 +5,5 @@ pub mod client;
 pub mod errors;
 pub mod exec;
 pub mod helper;
+pub mod lease;
 pub mod nodes;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::{Value, json};
@@ -125,6 +126,33 @@ pub fn node_images(node: &str) -> Vec<String> {
         .collect()
 }
 
+/// What a run may leave in a node's runtime after it failed or was stopped: nothing under
+/// the staging name, and `reference` either absent or whole (containerd's `images check`
+/// says complete; CRI-O's store names an image only once it is whole). Returns the problems.
+pub fn node_half_states(node: &str, reference: &str) -> Vec<String> {
+    let mut problems: Vec<String> = node_images(node)
+        .into_iter()
+        .filter(|r| r.starts_with("sideload.invalid/"))
+        .map(|r| format!("{node}: staging image {r} left"))
+        .collect();
+    if node != CRIO_NODE && node_images(node).iter().any(|r| r == reference) {
+        let check = node_ctr(
+            node,
+            &[
+                "-n",
+                "k8s.io",
+                "images",
+                "check",
+                &format!("name=={reference}"),
+            ],
+        );
+        if !check.lines().skip(1).all(|l| l.contains("complete")) {
+            problems.push(format!("{node}: {reference} is not whole:\n{check}"));
+        }
+    }
+    problems
+}
+
 /// Removes an image from a node, so tests start from "not there".
 pub fn node_remove_image(node: &str, reference: &str) {
     let mut cmd = if node == CRIO_NODE {
@@ -217,8 +245,8 @@ impl Drop for LogsOnFailure {
     }
 }
 
-/// Objects of ours (helper pods and agent ConfigMaps) currently in `namespace`:
-/// `pod/NAME`, `configmap/NAME`.
+/// Objects of ours (helper pods, agent ConfigMaps, run Leases) currently in `namespace`:
+/// `pod/NAME`, `configmap/NAME`, `lease/NAME`.
 pub async fn helper_pods(client: &kube::Client, namespace: &str) -> Vec<String> {
     let ours = ListParams::default().labels("app.kubernetes.io/managed-by=kubectl-sideload");
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
@@ -240,6 +268,17 @@ pub async fn helper_pods(client: &kube::Client, namespace: &str) -> Vec<String> 
             .into_iter()
             .filter_map(|m| m.metadata.name)
             .map(|n| format!("configmap/{n}")),
+    );
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    names.extend(
+        leases
+            .list_metadata(&ours)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|m| m.metadata.name)
+            .map(|n| format!("lease/{n}")),
     );
     names
 }
