@@ -59,6 +59,8 @@ async fn open_archive(arg: &str) -> Result<Archive> {
 }
 
 async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
+    // --timeout counts from here: the archive and the cluster reads are part of the run.
+    let deadline = Deadline::new(args.timeout);
     let mut selection = args.node_selection().map_err(|e| anyhow!(e))?;
     // Only names the user typed make an unfit node an error; "all", a selector or the
     // nodes DaemonSets run on skip it and load the rest.
@@ -147,11 +149,13 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         force: args.force,
         parallel: usize::from(args.parallel),
         helper_timeout: args.helper_timeout,
+        retries: args.retries,
         relay: args.relay == Relay::Auto,
         compress: args.compress == Compress::Auto,
         pipeline: args.pipeline == Pipeline::Auto,
         run_id: plan.run_id.clone(),
         cancel: CancellationToken::new(),
+        stopped_by: Default::default(),
         progress: progress.clone(),
     };
     let configmaps: Api<ConfigMap> =
@@ -174,17 +178,19 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
     tokio::pin!(execute);
     let executed = tokio::select! {
         results = &mut execute => results,
-        (signal, code) = signals.recv() => {
+        stop = stopping(&mut signals, &deadline) => {
             progress.println(&format!(
-                "{signal}: stopping and deleting helper pods (interrupt again to quit at once) …"
+                "{}: stopping and deleting helper pods (interrupt to quit at once) …",
+                stop.why
             ));
-            run.cancel.cancel();
+            run.stop(&stop.why);
             // Every node task deletes the pod it created; then sweep by run label for any
             // delete that failed.
-            let unwound = tokio::select! {
-                _ = &mut execute => true,
-                _ = signals.recv() => false,
+            let finished = tokio::select! {
+                results = &mut execute => Some(results),
+                _ = signals.recv() => None,
             };
+            let unwound = finished.is_some();
             let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &plan.helper_namespace);
             let run = Runs::One(&plan.run_id);
             if unwound {
@@ -204,17 +210,28 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
                     .into_iter()
                     .map(|c| format!("configmap/{c}")),
             );
+            // The rows of a run out of time say which step each node was in.
+            if let (None, Some(Ok(results))) = (stop.code, &finished) {
+                print_stdout(&render(args.output, &plan.run_id, summary, results, &[]));
+            }
+            let ended = if stop.code.is_some() { "interrupted" } else { "stopped" };
             if left.is_empty() {
-                eprintln!("interrupted; no helper pod left behind");
+                eprintln!("{ended}; no helper pod left behind");
             } else {
                 eprintln!(
-                    "interrupted; helper objects remain: {}\nrun `kubectl sideload cleanup \
+                    "{ended}; helper objects remain: {}\nrun `kubectl sideload cleanup \
                      --helper-namespace {}`",
                     left.join(", "),
                     plan.helper_namespace
                 );
             }
-            return Ok(ExitCode::from(code));
+            return match stop.code {
+                Some(code) => Ok(ExitCode::from(code)),
+                None => Err(anyhow!(
+                    "{} before every node was loaded; no workload was patched",
+                    stop.why
+                )),
+            };
         }
     };
     let removed = agent::delete_configmaps(&configmaps, Runs::One(&plan.run_id)).await;
@@ -248,31 +265,33 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         // Plain lines: the load bars are finished, and redrawing them (MultiProgress::println)
         // around the prompt would garble it.
         let say = |line: &str| eprintln!("{line}");
+        let mut stage = stage;
+        if let Some(left) = deadline.left() {
+            stage.opts.timeout = stage.opts.timeout.min(left);
+        }
         workload_results = tokio::select! {
             results = stage.apply(&cluster.client, &covered, failed, &say) => results,
-            (signal, code) = signals.recv() => {
+            stop = stopping(&mut signals, &deadline) => {
                 eprintln!(
-                    "{signal}: stopped; a workload already patched keeps rolling out (see \
-                     `kubectl rollout status`)"
+                    "{}: stopped; a workload already patched keeps rolling out (see \
+                     `kubectl rollout status`)",
+                    stop.why
                 );
-                return Ok(ExitCode::from(code));
+                return match stop.code {
+                    Some(code) => Ok(ExitCode::from(code)),
+                    None => Err(anyhow!("{} while patching or waiting for the workloads", stop.why)),
+                };
             }
         };
     }
 
-    let text = match args.output {
-        Output::Json => report::json(summary, &results, &workload_results),
-        // The same document as -o json, in YAML: one schema for scripts either way.
-        Output::Yaml => {
-            let json = report::json(summary, &results, &workload_results);
-            serde_json::from_str::<serde_json::Value>(&json)
-                .ok()
-                .and_then(|v| serde_yaml::to_string(&v).ok())
-                .unwrap_or(json)
-        }
-        Output::Table => report::table(summary, &results, &workload_results),
-    };
-    print_stdout(&text);
+    print_stdout(&render(
+        args.output,
+        &plan.run_id,
+        summary,
+        &results,
+        &workload_results,
+    ));
     let workloads_failed = workload_results
         .iter()
         .filter(|w| w.error.is_some())
@@ -290,6 +309,76 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The run's report in the format asked for.
+fn render(
+    output: Output,
+    run: &str,
+    summary: &Summary,
+    results: &[load::NodeResult],
+    workloads: &[workload::WorkloadResult],
+) -> String {
+    match output {
+        Output::Json => report::json(run, summary, results, workloads),
+        // The same document as -o json, in YAML: one schema for scripts either way.
+        Output::Yaml => {
+            let json = report::json(run, summary, results, workloads);
+            serde_json::from_str::<serde_json::Value>(&json)
+                .ok()
+                .and_then(|v| serde_yaml::to_string(&v).ok())
+                .unwrap_or(json)
+        }
+        Output::Table => report::table(summary, results, workloads),
+    }
+}
+
+/// `--timeout`: when the whole run must be over.
+struct Deadline {
+    limit: Option<Duration>,
+    at: Option<tokio::time::Instant>,
+}
+
+impl Deadline {
+    fn new(limit: Option<Duration>) -> Self {
+        let limit = limit.filter(|d| !d.is_zero());
+        Deadline {
+            limit,
+            at: limit.map(|d| tokio::time::Instant::now() + d),
+        }
+    }
+
+    /// Time left, if there is a limit.
+    fn left(&self) -> Option<Duration> {
+        self.at
+            .map(|at| at.saturating_duration_since(tokio::time::Instant::now()))
+    }
+}
+
+/// Why a run stops early: a signal (with the exit code shells report for it) or --timeout.
+struct Stop {
+    why: String,
+    code: Option<u8>,
+}
+
+/// Resolves on the first signal, or when the deadline passes.
+async fn stopping(signals: &mut Signals, deadline: &Deadline) -> Stop {
+    let passed = async {
+        match deadline.at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        (signal, code) = signals.recv() => Stop { why: signal.to_string(), code: Some(code) },
+        () = passed => Stop {
+            why: format!(
+                "--timeout {} passed",
+                crate::cli::format_duration(deadline.limit.unwrap_or_default())
+            ),
+            code: None,
+        },
+    }
 }
 
 /// The nodes the plan will load (its `Load` decisions).
@@ -336,7 +425,7 @@ async fn workload_stage(
             allow_partial: args.allow_partial,
             yes: args.yes,
             wait: args.wait,
-            timeout: args.timeout,
+            timeout: args.rollout_timeout,
             archive: archive_arg.to_string(),
         },
     }))

@@ -164,6 +164,12 @@ pub struct LoadArgs {
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
     pub helper_timeout: Duration,
 
+    /// Try a failed node again up to N times (1 s, 2 s, 4 s … apart), starting it over with a
+    /// new helper pod; a retry sends only what the node still lacks. Failures that would
+    /// come back the same (a denied permission, an admission rejection) are not retried
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub retries: u32,
+
     /// Once every node verified the image, point this workload at it (strategic merge
     /// patch of image and imagePullPolicy, as `kubectl set image` does) and wait for the
     /// rollout. KIND/NAME in the -n namespace: deploy/NAME, sts/NAME, ds/NAME, cj/NAME.
@@ -212,9 +218,17 @@ pub struct LoadArgs {
     #[arg(long, value_name = "true|false", default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, help_heading = "Workloads")]
     pub wait: bool,
 
-    /// How long to wait for each rollout
+    /// How long to wait for each rollout (within --timeout, when that is given)
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, help_heading = "Workloads")]
-    pub timeout: Duration,
+    pub rollout_timeout: Duration,
+
+    /// Give up on the whole run after this long (archive, helper pods, transfers, imports,
+    /// verification and rollout wait): every node still at work stops, its row names the
+    /// step it was in, helpers are removed and no workload is patched unless every node
+    /// finished first. Default: no limit but the per-step ones (--helper-timeout, the
+    /// rollout wait)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -323,6 +337,22 @@ pub enum Output {
     Table,
     Json,
     Yaml,
+}
+
+/// A duration as `parse_duration` reads it back: `1m30s`, `5m`, `1h30m`.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, 'h'), (m, 'm'), (s, 's')] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
 }
 
 /// Parses kubectl-style durations: `90s`, `2m`, `1h`, `1m30s`, or plain seconds.
@@ -466,14 +496,20 @@ mod tests {
             "--pull-policy",
             "never",
             "--wait=false",
-            "--timeout",
+            "--rollout-timeout",
             "90s",
+            "--timeout",
+            "10m",
         ]);
         assert_eq!(cli.load.workload.len(), 2);
         assert_eq!(cli.load.workload[1].to_string(), "statefulset/db");
         assert_eq!(cli.load.pull_policy, PullPolicy::Never);
         assert!(!cli.load.wait);
-        assert_eq!(cli.load.timeout, Duration::from_secs(90));
+        assert_eq!(cli.load.rollout_timeout, Duration::from_secs(90));
+        assert_eq!(cli.load.timeout, Some(Duration::from_secs(600)));
+        for text in ["1m30s", "25s", "5m", "1h30m", "0s"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
         let defaults = parse(&["x.tar", "--workload", "ds/agent"]);
         assert_eq!(defaults.load.pull_policy, PullPolicy::IfNotPresent);
         assert!(defaults.load.wait);

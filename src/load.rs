@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archive;
 use crate::cluster::agent::{Agent, Session};
+use crate::cluster::errors::{Permanent, is_permanent};
 use crate::cluster::exec::Output;
 use crate::cluster::helper::{self, HelperSpec, Started};
 use crate::plan::{Decision, NodePlan, Plan};
@@ -73,6 +74,14 @@ pub struct NodeResult {
     /// Parts the stream was cut into, imported one after another as they arrived (one per
     /// layer sent; 1: imported once all of it was in). 0 when nothing was streamed.
     pub import_parts: usize,
+    /// Attempts made on this node: 1, or more after `--retries`.
+    pub attempts: u32,
+    /// Why each earlier attempt failed, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub earlier_failures: Vec<String>,
+    /// Whether another attempt could end otherwise (a failure not marked permanent).
+    #[serde(skip)]
+    pub retryable: bool,
 }
 
 /// Settings of a run that every node shares.
@@ -82,6 +91,8 @@ pub struct Run {
     pub force: bool,
     pub parallel: usize,
     pub helper_timeout: Duration,
+    /// Attempts after the first for a node whose failure was not permanent (`--retries`).
+    pub retries: u32,
     /// Let nodes that need the same stream pass it on to each other (`--relay`).
     pub relay: bool,
     /// Send streams in frames, zstd-compressed where that pays (`--compress`).
@@ -95,7 +106,23 @@ pub struct Run {
     /// at once. Every helper pod created is deleted before `execute` returns, so a create
     /// still in flight when the signal came is never orphaned.
     pub cancel: CancellationToken,
+    /// Why the run was cancelled ("interrupt", "--timeout 5m passed"), for the node rows.
+    pub stopped_by: std::sync::OnceLock<String>,
     pub progress: Progress,
+}
+
+impl Run {
+    /// Cancels every node, recording why (the first reason wins).
+    pub fn stop(&self, why: &str) {
+        let _ = self.stopped_by.set(why.to_string());
+        self.cancel.cancel();
+    }
+
+    /// The error of a node cancelled during `step`: names the reason and the step.
+    fn stopped(&self, step: &str) -> anyhow::Error {
+        let why = self.stopped_by.get().map_or("interrupted", String::as_str);
+        anyhow!("{why} while {step}")
+    }
 }
 
 /// A node between the phases: its helper runs, its runtime is located, its inventory taken.
@@ -125,8 +152,56 @@ enum Moved {
     Failed(anyhow::Error, String),
 }
 
-/// Loads every node the plan says to.
+/// Loads every node the plan says to, retrying nodes whose failure may pass (a dropped
+/// stream, a helper pod killed, a runtime restarting) up to `run.retries` times. A retry
+/// starts the node over with a new helper pod and a fresh inventory, so it sends only what
+/// the node still lacks; nodes retried together share one upload again.
 pub async fn execute(run: &Run, plan: &Plan) -> Vec<NodeResult> {
+    let every: Vec<&NodePlan> = plan.nodes.iter().collect();
+    let mut results = attempt(run, plan, &every, 0).await;
+    for retry in 1..=run.retries {
+        let again: Vec<usize> = (0..results.len())
+            .filter(|&i| results[i].status == Status::Failed && results[i].retryable)
+            .collect();
+        if again.is_empty() || run.cancel.is_cancelled() {
+            break;
+        }
+        let wait = backoff(retry);
+        for &i in &again {
+            run.progress.println(&format!(
+                "{}: {}; retrying in {} s (retry {retry} of {})",
+                results[i].name,
+                results[i].error.as_deref().unwrap_or("failed"),
+                wait.as_secs(),
+                run.retries
+            ));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = run.cancel.cancelled() => break,
+        }
+        let nodes: Vec<&NodePlan> = again.iter().map(|&i| &plan.nodes[i]).collect();
+        let redone = attempt(run, plan, &nodes, retry).await;
+        for (i, mut r) in again.into_iter().zip(redone) {
+            let before = std::mem::take(&mut results[i]);
+            r.earlier_failures = before.earlier_failures;
+            r.earlier_failures.extend(before.error);
+            r.attempts = before.attempts + 1;
+            results[i] = r;
+        }
+    }
+    results
+}
+
+/// The wait before retry `n` (1, 2, …): 1 s, 2 s, 4 s, then 8 s. Short, because the faults
+/// retried are passing ones; long enough for a restarted kubelet or runtime to come back.
+fn backoff(n: u32) -> Duration {
+    Duration::from_secs(1 << n.saturating_sub(1).min(3))
+}
+
+/// One attempt on `nodes` (every node of the plan, or those being retried), results in the
+/// same order. `retry` is 0 for the first attempt; it keeps helper pod names unique.
+async fn attempt(run: &Run, plan: &Plan, nodes: &[&NodePlan], retry: u32) -> Vec<NodeResult> {
     let pods: Api<Pod> = Api::namespaced(run.client.clone(), &plan.helper_namespace);
     let mut results: BTreeMap<usize, NodeResult> = BTreeMap::new();
 
@@ -135,10 +210,10 @@ pub async fn execute(run: &Run, plan: &Plan) -> Vec<NodeResult> {
     // images from waiting on pod starts one batch after another. `--parallel` bounds the
     // streams of phase 2, which are what costs.
     let prepared: Vec<(usize, Result<Ready<'_>, NodeResult>)> =
-        futures::stream::iter(plan.nodes.iter().enumerate())
+        futures::stream::iter(nodes.iter().enumerate())
             .map(|(i, node)| {
                 let pods = &pods;
-                async move { (i, prepare(run, pods, plan, node).await) }
+                async move { (i, prepare(run, pods, plan, node, retry).await) }
             })
             .buffered(PREPARE_AT_ONCE.max(run.parallel))
             .collect()
@@ -179,7 +254,21 @@ fn result(node: &str, started: Instant, status: Status, error: Option<String>) -
         verified_by: None,
         via: None,
         import_parts: 0,
+        attempts: 1,
+        earlier_failures: Vec::new(),
+        retryable: false,
     }
+}
+
+impl Default for NodeResult {
+    fn default() -> Self {
+        result("", Instant::now(), Status::Failed, None)
+    }
+}
+
+/// Whether a node that failed with `err` is worth another attempt.
+fn retryable(run: &Run, err: &anyhow::Error) -> bool {
+    !run.cancel.is_cancelled() && !is_permanent(err)
 }
 
 /// Phase 1 for one node: `Ok` when it needs bytes (its helper then stays up), else its
@@ -189,6 +278,7 @@ async fn prepare<'p>(
     pods: &Api<Pod>,
     plan: &'p Plan,
     node: &'p NodePlan,
+    retry: u32,
 ) -> Result<Ready<'p>, NodeResult> {
     let started = Instant::now();
     let name = node.node.name.as_str();
@@ -201,9 +291,11 @@ async fn prepare<'p>(
     let bar = run.progress.node_bar(name);
     let failed = |err: anyhow::Error, bar: &ProgressBar| {
         bar.abandon_with_message("failed");
-        result(name, started, Status::Failed, Some(format!("{err:#}")))
+        let mut r = result(name, started, Status::Failed, Some(format!("{err:#}")));
+        r.retryable = retryable(run, &err);
+        r
     };
-    let (pod, pod_ip) = match start_helper(run, pods, plan, node, &bar).await {
+    let (pod, pod_ip) = match start_helper(run, pods, plan, node, &bar, retry).await {
         Ok(p) => p,
         Err(err) => return Err(failed(err, &bar)),
     };
@@ -214,7 +306,7 @@ async fn prepare<'p>(
             let (located, inventory) = look(&session, node, wanted, &bar).await?;
             Ok((session, located, inventory))
         } => looked,
-        () = run.cancel.cancelled() => Err(anyhow!("interrupted")),
+        () = run.cancel.cancelled() => Err(run.stopped("asking the node agent what the node holds")),
     };
     match looked {
         Ok((session, located, inventory)) if run.force || !inventory.missing.is_empty() => {
@@ -268,6 +360,7 @@ async fn start_helper(
     plan: &Plan,
     node: &NodePlan,
     bar: &ProgressBar,
+    retry: u32,
 ) -> Result<(String, Option<String>)> {
     let Decision::Load {
         candidates,
@@ -281,9 +374,9 @@ async fn start_helper(
     let mut unusable = Vec::new();
     for (attempt, candidate) in candidates.iter().enumerate() {
         if run.cancel.is_cancelled() {
-            bail!("interrupted before its helper pod was created");
+            return Err(run.stopped("waiting to create its helper pod"));
         }
-        let pod = if attempt == 0 {
+        let pod = if retry == 0 && attempt == 0 {
             first_pod.as_ref().clone()
         } else {
             helper::pod(&HelperSpec {
@@ -293,7 +386,8 @@ async fn start_helper(
                 image: &candidate.image,
                 arch: &node.node.platform.architecture,
                 needs: *needs,
-                attempt,
+                // Unique over retries too: a pod of an earlier attempt may still be going.
+                attempt: retry as usize * candidates.len() + attempt,
             })
         };
         bar.set_message(format!("starting helper pod ({})", candidate.image));
@@ -303,7 +397,7 @@ async fn start_helper(
         tracing::debug!(node = %node.node.name, pod = %name, image = %candidate.image, "helper pod created");
         let started = tokio::select! {
             started = helper::wait_running(pods, &name, run.helper_timeout) => started,
-            () = run.cancel.cancelled() => Err(anyhow!("interrupted")),
+            () = run.cancel.cancelled() => Err(run.stopped("starting its helper pod")),
         };
         match started {
             Ok(Started::Running(ip)) => {
@@ -321,11 +415,12 @@ async fn start_helper(
             }
         }
     }
-    bail!(
+    Err(Permanent(format!(
         "no image the helper could start from is on the node; tried: {}; pass --helper-image \
          with an image present on the node",
         unusable.join("; ")
-    )
+    ))
+    .into())
 }
 
 async fn remove(pods: &Api<Pod>, name: &str, bar: &ProgressBar) -> Result<()> {
@@ -477,17 +572,14 @@ async fn stream_direct(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, via: String) -
         let request = transfer.request(r.located.as_ref(), r.wanted, run.compress);
         let agent = Agent { pods, pod: &r.pod };
         let len = transfer.len();
-        let feed = transfer.feed(r.bar.clone(), run.compress);
+        let feed = transfer.feed(r.bar.clone(), run.compress, run.cancel.clone());
         let (out, written) = agent.run(&request, feed).await?;
         import_outcome(&out, reused)?;
         let sent = written
             .map_err(|e| anyhow!("streaming the archive failed after the import ended: {e}"))?;
         Ok::<_, anyhow::Error>((sent, len, reused, parts))
     };
-    let done = tokio::select! {
-        done = work => done,
-        () = run.cancel.cancelled() => Err(anyhow!("interrupted")),
-    };
+    let done = unwinding(run, work, "streaming and importing the image").await;
     match done {
         Ok((sent, received, reused, parts)) => Moved::Imported {
             sent,
@@ -554,7 +646,7 @@ async fn relay(
                 if i == 0 {
                     r.bar.set_message(format!("sending once for {} node(s)", nodes.len()));
                     r.bar.set_length(transfer.len());
-                    let feed = transfer.feed(r.bar.clone(), run.compress);
+                    let feed = transfer.feed(r.bar.clone(), run.compress, run.cancel.clone());
                     let (out, written) = agent.run(&request, feed).await?;
                     Ok::<_, anyhow::Error>((out, written.unwrap_or(0)))
                 } else {
@@ -565,10 +657,7 @@ async fn relay(
                     Ok((agent.run_without_input(&request).await?, 0))
                 }
             };
-            let done = tokio::select! {
-                done = work => done,
-                () = run.cancel.cancelled() => Err(anyhow!("interrupted")),
-            };
+            let done = unwinding(run, work, "streaming and importing the image").await;
             let via = match &upstream {
                 None => format!("relay head for {} node(s)", nodes.len()),
                 Some(up) => format!("relay from {up}"),
@@ -601,6 +690,28 @@ async fn relay(
     futures::future::join_all(runs).await
 }
 
+/// How long a stopped node's exec gets to end by itself: its stream ends short, and the
+/// agent's `finally` removes what it staged (the staging name, prefix images) before the
+/// pod is deleted, which would kill it mid-way.
+const UNWIND_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs a node's stream; once the run stops (the feed then fails at its next write), waits
+/// up to [`UNWIND_GRACE`] for the exec to end, and fails naming `step`.
+async fn unwinding<T>(
+    run: &Run,
+    work: impl std::future::Future<Output = Result<T>>,
+    step: &str,
+) -> Result<T> {
+    tokio::pin!(work);
+    tokio::select! {
+        done = &mut work => done,
+        () = run.cancel.cancelled() => {
+            let _ = tokio::time::timeout(UNWIND_GRACE, &mut work).await;
+            Err(run.stopped(step))
+        }
+    }
+}
+
 /// Reads an import's exit: ok, or the error with its reason.
 fn import_outcome(out: &Output, reused: usize) -> Result<()> {
     if out.exit_code == 0 {
@@ -612,17 +723,25 @@ fn import_outcome(out: &Output, reused: usize) -> Result<()> {
             last_line(&out.stderr)
         ),
         protocol::TIMED_OUT => anyhow!("the import on the node timed out and was stopped"),
+        // 128 + SIGKILL/SIGTERM: the container went, not the import.
+        code @ (137 | 143) => anyhow!(
+            "the helper was stopped mid-import (exit code {code}): its pod was deleted or \
+             evicted, or its node's kubelet or runtime restarted"
+        ),
         _ => out.clone().check("the import").unwrap_err(),
     };
+    let killed = matches!(out.exit_code, 137 | 143);
     // Layers taken from the node's store are worth a hint, unless the stream itself was bad.
-    Err(if reused > 0 && !out.stderr.contains(protocol::CORRUPTED) {
-        err.context(format!(
-            "{reused} layer(s) were taken from the node's store instead of sent; if the store \
+    Err(
+        if reused > 0 && !killed && !out.stderr.contains(protocol::CORRUPTED) {
+            err.context(format!(
+                "{reused} layer(s) were taken from the node's store instead of sent; if the store \
              lost one meanwhile, run again with --force to send every layer"
-        ))
-    } else {
-        err
-    })
+            ))
+        } else {
+            err
+        },
+    )
 }
 
 fn last_line(text: &str) -> &str {
@@ -654,7 +773,7 @@ async fn finish(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, moved: Moved) -> Node
             r.bar.set_message("verifying");
             tokio::select! {
                 v = verify(&r.session, r) => v,
-                () = run.cancel.cancelled() => Err(anyhow!("interrupted")),
+                () = run.cancel.cancelled() => Err(run.stopped("verifying the import")),
             }
         }
         Moved::Failed(err, via) => {
@@ -673,6 +792,7 @@ async fn finish(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, moved: Moved) -> Node
             r.bar.abandon_with_message("failed");
             out.bytes_sent = 0;
             out.bytes_received = 0;
+            out.retryable = retryable(run, &err);
             out.error = Some(format!("{err:#}"));
         }
     }

@@ -17,16 +17,25 @@ struct ImageJson<'a> {
 
 #[derive(Serialize)]
 struct ReportJson<'a> {
+    /// The run's id: its helper pods, ConfigMaps and Lease carry it (label sideload.dev/run),
+    /// and its staging images on the nodes are named after it.
+    run: &'a str,
     image: ImageJson<'a>,
     nodes: &'a [NodeResult],
     /// One entry per `--workload` (empty without).
     workloads: &'a [WorkloadResult],
 }
 
-/// `{"image":{"refs":[…],"digest":…,"size":N},"nodes":[{"name":…,"status":…,…}],
+/// `{"run":…,"image":{"refs":[…],"digest":…,"size":N},"nodes":[{"name":…,"status":…,…}],
 /// "workloads":[{"kind":…,"name":…,"patched":…,"rolled_out":…,…}]}`
-pub fn json(summary: &Summary, results: &[NodeResult], workloads: &[WorkloadResult]) -> String {
+pub fn json(
+    run: &str,
+    summary: &Summary,
+    results: &[NodeResult],
+    workloads: &[WorkloadResult],
+) -> String {
     serde_json::to_string_pretty(&ReportJson {
+        run,
         image: ImageJson {
             refs: &summary.refs,
             digest: &summary.digest,
@@ -100,9 +109,15 @@ fn nodes_table(summary: &Summary, results: &[NodeResult]) -> String {
             human_bytes(r.bytes_sent),
             format!("{:.1}s", r.seconds),
             match (&r.error, r.layers_reused) {
+                (Some(error), _) if r.attempts > 1 => {
+                    format!("{error} (after {} attempts)", r.attempts)
+                }
                 (Some(error), _) => error.clone(),
                 (None, n) => {
                     let mut parts = Vec::new();
+                    if let Some(last) = r.earlier_failures.last() {
+                        parts.push(format!("attempt {} after: {last}", r.attempts));
+                    }
                     if let Some(via) = r.via.as_deref().filter(|v| *v != "direct") {
                         parts.push(via.to_string());
                     }
@@ -247,6 +262,9 @@ mod tests {
             verified_by: None,
             via: None,
             import_parts: 1,
+            attempts: 1,
+            earlier_failures: vec![],
+            retryable: false,
         };
         let w = WorkloadResult {
             kind: "StatefulSet",
@@ -276,7 +294,7 @@ mod tests {
         assert!(!table(&summary, std::slice::from_ref(&node), &[]).contains("WORKLOAD"));
 
         let value: serde_json::Value =
-            serde_json::from_str(&json(&summary, &[node], &[w])).unwrap();
+            serde_json::from_str(&json("abc123", &summary, &[node], &[w])).unwrap();
         let w = &value["workloads"][0];
         assert_eq!(w["kind"], "StatefulSet");
         assert_eq!(w["rolled_out"], true);

@@ -20,6 +20,7 @@ use anyhow::Result;
 use indicatif::ProgressBar;
 use sideload_agent::frames::{self, CHUNK, RAW, ZSTD};
 use sideload_agent::protocol::{Part, Run};
+use tokio_util::sync::CancellationToken;
 
 use crate::archive::{Archive, PlatformImage, StreamPlan};
 use crate::runtime::{Located, Wanted};
@@ -140,8 +141,13 @@ impl Transfer {
         self,
         bar: ProgressBar,
         framed: bool,
+        stop: CancellationToken,
     ) -> impl FnOnce(&mut dyn Write) -> io::Result<u64> + Send + 'static {
         move |w: &mut dyn Write| {
+            // Once the run stops, the next write fails: the stream ends short and the node
+            // side discards what it staged, while the plugin waits for it to finish.
+            let mut stopping = Stopping { inner: w, stop };
+            let w: &mut dyn Write = &mut stopping;
             #[cfg(feature = "e2e")]
             let mut flipped = fault::Flip::from_env(w);
             #[cfg(feature = "e2e")]
@@ -239,6 +245,25 @@ impl Write for Framer<'_> {
 }
 
 /// Counts bytes into the node's progress bar as they go out.
+/// Fails every write once `stop` is cancelled (not with `ErrorKind::Interrupted`, which
+/// `write_all` retries forever).
+struct Stopping<'a> {
+    inner: &'a mut dyn Write,
+    stop: CancellationToken,
+}
+
+impl Write for Stopping<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.stop.is_cancelled() {
+            return Err(io::Error::other("the run was stopped"));
+        }
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 struct Counting<'a> {
     inner: &'a mut dyn Write,
     bar: ProgressBar,

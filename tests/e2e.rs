@@ -331,28 +331,31 @@ async fn two_runs_at_once_do_not_collide() {
 }
 
 /// Starts a load of `tar` into `ns`'s helper namespace and returns once one of its helper
-/// pods exists.
+/// pods exists, with the run's id (from its Lease).
 async fn start_load(
     client: &kube::Client,
     ns: &str,
     tar: &std::path::Path,
     nodes: &str,
-) -> std::process::Child {
+    extra: &[&str],
+) -> (std::process::Child, String) {
     let mut cmd = plugin();
     cmd.arg("--kubeconfig")
         .arg(admin_kubeconfig())
         .arg(tar)
         .args(["--helper-namespace", ns, "--nodes", nodes, "-o", "json"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     for _ in 0..240 {
-        if helper_pods(client, ns)
-            .await
+        let ours = helper_pods(client, ns).await;
+        let run = ours
             .iter()
-            .any(|o| o.starts_with("pod/"))
-        {
-            return child;
+            .find_map(|o| o.strip_prefix("lease/sideload-run-"))
+            .map(str::to_string);
+        if let (Some(run), true) = (run, ours.iter().any(|o| o.starts_with("pod/"))) {
+            return (child, run);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -377,7 +380,7 @@ async fn an_interrupted_run_leaves_nothing_behind() {
     // exits as a shell reports that signal.
     // At the helper pods' start, then while bytes stream and nodes import.
     for (signal, code, after) in [("-INT", 130, 0), ("-TERM", 143, 3), ("-HUP", 129, 6)] {
-        let child = start_load(&client, &ns, &tar, "all").await;
+        let (child, run) = start_load(&client, &ns, &tar, "all", &[]).await;
         tokio::time::sleep(Duration::from_secs(after)).await;
         let pid = child.id().to_string();
         let status = std::process::Command::new("kill")
@@ -400,14 +403,14 @@ async fn an_interrupted_run_leaves_nothing_behind() {
         );
         let half: Vec<String> = NODES
             .iter()
-            .flat_map(|n| node_half_states(n, &reference))
+            .flat_map(|n| node_half_states(n, &reference, &run))
             .collect();
         assert!(half.is_empty(), "{signal} after {after} s: {half:?}");
     }
 
     // A killed plugin cannot clean up, and its Lease still looks alive for a while: a
     // `cleanup` right away leaves the run alone, one after the Lease expired removes it all.
-    let child = start_load(&client, &ns, &tar, "all").await;
+    let (child, run) = start_load(&client, &ns, &tar, "all", &[]).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let pid = child.id().to_string();
     let status = std::process::Command::new("kill")
@@ -444,9 +447,78 @@ async fn an_interrupted_run_leaves_nothing_behind() {
     assert!(stdout(&cleanup).contains("lease/"), "{}", stdout(&cleanup));
     let half: Vec<String> = NODES
         .iter()
-        .flat_map(|n| node_half_states(n, &reference))
+        .flat_map(|n| node_half_states(n, &reference, &run))
         .collect();
-    assert!(half.is_empty(), "SIGKILL mid-transfer, then cleanup: {half:?}");
+    assert!(
+        half.is_empty(),
+        "SIGKILL mid-transfer, then cleanup: {half:?}"
+    );
+    for node in NODES {
+        node_remove_image(node, &reference);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_past_its_timeout_stops_every_node_naming_the_step_and_leaves_nothing() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let namespace = TestNamespace::new(&client, "sl-helpers").await;
+    let ns = namespace.name.clone();
+    let reference = format!("sideload.test/timeout:{}", unique("v"));
+    let tar = dir.path().join("slow.tar");
+    make_image(&reference, &tar, &["--layers", "2", "--layer-mib", "128"]);
+    let mut cmd = plugin();
+    cmd.arg("--kubeconfig")
+        .arg(admin_kubeconfig())
+        .arg(&tar)
+        .args(["--helper-namespace", &ns, "-o", "json", "--timeout", "25s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // Its run id, from its Lease, to tell its staging names from other tests' runs. On a
+    // busy machine the deadline may come before any pod: then nothing was staged.
+    let mut run = String::from("(no run started)");
+    let waiting = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
+    while !waiting.is_finished() {
+        if let Some(id) = helper_pods(&client, &ns)
+            .await
+            .iter()
+            .find_map(|o| o.strip_prefix("lease/sideload-run-"))
+        {
+            run = id.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = waiting.await.unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("--timeout 25s passed before every node was loaded"),
+        "{err}"
+    );
+    assert!(err.contains("no helper pod left behind"), "{err}");
+    // Every row still at work names the step the deadline found it in.
+    let report = json_out(&out);
+    let rows = report["nodes"].as_array().unwrap();
+    assert_eq!(rows.len(), NODES.len(), "{report}");
+    for row in rows {
+        if row["status"] == "failed" {
+            let why = row["error"].as_str().unwrap();
+            assert!(why.starts_with("--timeout 25s passed while "), "{row}");
+            assert_eq!(row["attempts"], 1, "a stopped run retries nothing: {row}");
+        }
+    }
+    assert!(
+        rows.iter().any(|r| r["status"] == "failed"),
+        "25 s cannot load 256 MiB into five nodes here: {report}"
+    );
+    assert!(helper_pods(&client, &ns).await.is_empty());
+    let half: Vec<String> = NODES
+        .iter()
+        .flat_map(|n| node_half_states(n, &reference, &run))
+        .collect();
+    assert!(half.is_empty(), "{half:?}");
     for node in NODES {
         node_remove_image(node, &reference);
     }
@@ -462,7 +534,7 @@ async fn cleanup_by_another_user_leaves_a_run_in_progress_alone() {
     let reference = format!("sideload.test/in-progress:{}", unique("v"));
     let tar = dir.path().join("busy.tar");
     make_image(&reference, &tar, &["--layers", "2", "--layer-mib", "64"]);
-    let child = start_load(&client, &ns, &tar, "node-a,node-b").await;
+    let (child, _) = start_load(&client, &ns, &tar, "node-a,node-b", &[]).await;
     let before = helper_pods(&client, &ns).await;
     let cleanup = sideload(&["cleanup", "--helper-namespace", &ns]);
     assert!(cleanup.status.success(), "{}", stderr(&cleanup));

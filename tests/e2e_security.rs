@@ -489,3 +489,164 @@ async fn the_documented_roles_are_enough_for_load_dry_run_cleanup_and_completion
     );
     node_remove_image("node-a", &reference);
 }
+
+/// What a run by a user holding the documented roles minus one rule must show.
+enum Expect {
+    /// Fails, and stderr names this verb and resource.
+    Denied(&'static str, &'static str),
+    /// Succeeds (an optional rule), with this in stderr when not empty.
+    Works(&'static str),
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_documented_rule_removed_in_turn_is_named_or_not_needed() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let namespace = TestNamespace::new(&client, "sl-rbac").await;
+    let ns = namespace.name.clone();
+    let manifest = |file: &str| {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("plugin-manifest")
+                .join(file),
+        )
+        .unwrap()
+    };
+    let cluster_role: ClusterRole = serde_yaml::from_str(&manifest("clusterrole.yaml")).unwrap();
+    let role: Role = serde_yaml::from_str(&manifest("role.yaml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("sideload.test/rbac-rules:{}", unique("v"));
+    let tar = dir.path().join("rules.tar");
+    make_image(&reference, &tar, &[]);
+    // A workload for the rules only --workload needs (never rolled out: the denial comes first).
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns);
+    deployments
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "rules"},
+                "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "rules"}},
+                    "template": {"metadata": {"labels": {"app": "rules"}},
+                        "spec": {"containers": [{"name": "app", "image": "sideload.test/rbac-rules:old"}]}}}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    // In the order of the files; a new rule there fails this test until it is listed here.
+    let cluster_cases = [
+        Expect::Denied("list", "nodes"),
+        Expect::Works(""),
+        Expect::Works(""),
+        Expect::Denied("get", "deployments"),
+        Expect::Works(""),
+        Expect::Works(""),
+    ];
+    let role_cases = [
+        Expect::Denied("create", "pods"),
+        Expect::Denied("create", "pods/exec"),
+        Expect::Denied("create", "configmaps"),
+        Expect::Works("cannot create leases.coordination.k8s.io"),
+    ];
+    assert_eq!(
+        cluster_role.rules.as_ref().unwrap().len(),
+        cluster_cases.len()
+    );
+    assert_eq!(role.rules.as_ref().unwrap().len(), role_cases.len());
+    let cases = cluster_cases
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (true, i, e))
+        .chain(role_cases.iter().enumerate().map(|(i, e)| (false, i, e)));
+    let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
+    let cluster_bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let roles: Api<Role> = Api::namespaced(client.clone(), &ns);
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+    for (cluster, index, expect) in cases {
+        let user = unique(&format!("rbac-{}-{index}", if cluster { "c" } else { "r" }));
+        let mut cr = cluster_role.clone();
+        let mut r = role.clone();
+        let removed = if cluster {
+            cr.rules.as_mut().unwrap().remove(index)
+        } else {
+            r.rules.as_mut().unwrap().remove(index)
+        };
+        cr.metadata = serde_json::from_value(json!({"name": user})).unwrap();
+        r.metadata = serde_json::from_value(json!({"name": user, "namespace": ns})).unwrap();
+        let subject =
+            json!([{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}]);
+        cluster_roles
+            .create(&PostParams::default(), &cr)
+            .await
+            .unwrap();
+        roles.create(&PostParams::default(), &r).await.unwrap();
+        let crb: ClusterRoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": user}, "subjects": subject,
+            "roleRef": {"kind": "ClusterRole", "name": user, "apiGroup": "rbac.authorization.k8s.io"}
+        }))
+        .unwrap();
+        let rb: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": user, "namespace": ns}, "subjects": subject,
+            "roleRef": {"kind": "Role", "name": user, "apiGroup": "rbac.authorization.k8s.io"}
+        }))
+        .unwrap();
+        cluster_bindings
+            .create(&PostParams::default(), &crb)
+            .await
+            .unwrap();
+        bindings.create(&PostParams::default(), &rb).await.unwrap();
+        // Impersonated by the admin: the denial is then the user's RBAC, never impersonation's.
+        let mut args = vec![
+            tar.to_str().unwrap(),
+            "--as",
+            &user,
+            "--nodes",
+            "node-a",
+            "--helper-namespace",
+            &ns,
+            "--force",
+        ];
+        let workload_rule = matches!(expect, Expect::Denied(_, "deployments"));
+        if workload_rule {
+            args.extend(["--workload", "deploy/rules", "-n", &ns, "--dry-run"]);
+        }
+        let out = sideload(&args);
+        // The rows (stdout) carry a node's error, stderr the run's.
+        let err = format!("{}{}", stdout(&out), stderr(&out));
+        let what = format!(
+            "{:?} without {:?}",
+            if cluster { "ClusterRole" } else { "Role" },
+            removed.resources
+        );
+        assert!(!err.contains("impersonate"), "{what}: {err}");
+        match expect {
+            Expect::Denied(verb, resource) => {
+                assert!(!out.status.success(), "{what}: succeeded");
+                assert!(
+                    err.contains("permission denied")
+                        && err.contains(&format!("cannot {verb} {resource}"))
+                        && err.contains(&user),
+                    "{what}: the error must name {verb} {resource} and the user: {err}"
+                );
+                assert!(
+                    err.contains("plugin-manifest/"),
+                    "{what}: names the fix: {err}"
+                );
+            }
+            Expect::Works(warning) => {
+                assert!(out.status.success(), "{what}: {err}");
+                assert!(err.contains(warning), "{what}: {err}");
+            }
+        }
+        let left = helper_pods(&client, &ns).await;
+        assert!(left.is_empty(), "{what}: left {left:?}");
+        let _ = cluster_bindings
+            .delete(&user, &DeleteParams::default())
+            .await;
+        let _ = cluster_roles.delete(&user, &DeleteParams::default()).await;
+    }
+    node_remove_image("node-a", &reference);
+}

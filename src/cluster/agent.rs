@@ -26,6 +26,10 @@ use crate::cluster::helper::{MANAGED_BY, RUN_LABEL, Runs};
 static AGENT_AMD64: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sideload-agent-amd64"));
 static AGENT_ARM64: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sideload-agent-arm64"));
 
+/// How long one question to the agent may take (the runtime's own commands have shorter
+/// timeouts of their own on the node; this covers the connection).
+const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The ConfigMap key holding the binary.
 pub const KEY: &str = "agent";
 /// Largest ConfigMap the API server stores.
@@ -191,21 +195,34 @@ impl Session {
             protocol::AGENT_PATH.to_string(),
             protocol::verb::SESSION.to_string(),
         ];
-        let conversation = exec::Conversation::open(agent.pods, agent.pod, argv).await?;
+        let opened = exec::Conversation::open(agent.pods, agent.pod, argv);
+        let conversation = tokio::time::timeout(QUERY_TIMEOUT, opened)
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "the exec into helper pod {} did not open within {} s",
+                    agent.pod,
+                    QUERY_TIMEOUT.as_secs()
+                )
+            })??;
         Ok(Session {
             conversation: tokio::sync::Mutex::new(conversation),
         })
     }
 
-    /// One query, answered over the open exec.
+    /// One query, answered over the open exec within [`QUERY_TIMEOUT`]: a wedged runtime
+    /// or a lost connection fails the step by name instead of hanging the node.
     pub async fn query(&self, query: &Query, what: &str) -> Result<Answer> {
         let line = serde_json::to_string(query).context("encoding the agent request")?;
-        let answer = self
-            .conversation
-            .lock()
+        let asked = async { self.conversation.lock().await.ask(&line).await };
+        let answer = tokio::time::timeout(QUERY_TIMEOUT, asked)
             .await
-            .ask(&line)
-            .await
+            .map_err(|_| {
+                anyhow!(
+                    "the node agent did not answer ({what}) within {} s",
+                    QUERY_TIMEOUT.as_secs()
+                )
+            })?
             .with_context(|| format!("the node agent ({what})"))?;
         tracing::debug!(what, "agent session answered");
         serde_json::from_str(&answer).with_context(|| {

@@ -3,12 +3,32 @@
 
 use anyhow::anyhow;
 
+/// A failure that a retry would meet again: a denial, an admission rejection, bad
+/// credentials, nothing on the node to start a helper from. Nodes failing so are not retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Permanent(pub String);
+
+/// Whether `err` would come back the same on a retry: marked [`Permanent`], or an API
+/// answer of 4xx other than 404 (gone meanwhile), 408, 409 (a name still in use) and 429
+/// (throttled), which all pass.
+pub fn is_permanent(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.is::<Permanent>()
+            || matches!(
+                e.downcast_ref::<kube::Error>(),
+                Some(kube::Error::Api(s)) if (400..500).contains(&s.code)
+                    && ![404, 408, 409, 429].contains(&s.code)
+            )
+    })
+}
+
 /// Wraps a kube error from `verb` on `resource` with the next step for the user.
 pub fn explain(err: kube::Error, verb: &str, resource: &str) -> anyhow::Error {
     match &err {
         kube::Error::Api(status) if status.code == 403 => {
-            if status.message.contains("security context constraint") {
-                anyhow!(
+            let text = if status.message.contains("security context constraint") {
+                format!(
                     "OpenShift's security context constraints rejected the helper pod: {}; let \
                      the helper namespace's default service account use the privileged SCC: \
                      apply plugin-manifest/openshift-scc.yaml (or `oc adm policy \
@@ -16,14 +36,14 @@ pub fn explain(err: kube::Error, verb: &str, resource: &str) -> anyhow::Error {
                     status.message
                 )
             } else if status.message.contains("PodSecurity") {
-                anyhow!(
+                format!(
                     "pod security admission rejected the helper pod: {}; use --helper-namespace \
                      kube-system or label the namespace pod-security.kubernetes.io/enforce=privileged",
                     status.message
                 )
             } else {
                 // Helper objects are granted per namespace (the Role), the rest cluster-wide.
-                let namespaced = ["pods in", "pods/exec", "configmaps"]
+                let namespaced = ["pods in", "pods/exec", "configmaps", "leases"]
                     .iter()
                     .any(|r| resource.starts_with(r));
                 let fix = if namespaced {
@@ -32,16 +52,17 @@ pub fn explain(err: kube::Error, verb: &str, resource: &str) -> anyhow::Error {
                 } else {
                     "bind the ClusterRole in plugin-manifest/clusterrole.yaml to your user"
                 };
-                anyhow!(
+                format!(
                     "permission denied: cannot {verb} {resource} ({}); {fix}",
                     status.message
                 )
-            }
+            };
+            anyhow::Error::new(Permanent(text))
         }
-        kube::Error::Api(status) if status.code == 401 => anyhow!(
+        kube::Error::Api(status) if status.code == 401 => anyhow::Error::new(Permanent(format!(
             "the API server rejected your credentials ({}); refresh them or check --user/--context",
             status.message
-        ),
+        ))),
         kube::Error::HyperError(_) | kube::Error::Service(_) => anyhow!(
             "cannot reach the API server while trying to {verb} {resource}: {err}; check the \
              server address in your kubeconfig (--context/--kubeconfig) and your network"

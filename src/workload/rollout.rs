@@ -280,7 +280,7 @@ pub async fn wait(
         }
         if tokio::time::Instant::now() >= deadline {
             bail!(
-                "{}: rollout not finished after {}s ({last}); raise --timeout, or see \
+                "{}: rollout not finished after {}s ({last}); raise --rollout-timeout, or see \
                  `kubectl rollout status {} -n {ns}`",
                 workload.target,
                 timeout.as_secs(),

@@ -126,13 +126,15 @@ pub fn node_images(node: &str) -> Vec<String> {
         .collect()
 }
 
-/// What a run may leave in a node's runtime after it failed or was stopped: nothing under
-/// the staging name, and `reference` either absent or whole (containerd's `images check`
-/// says complete; CRI-O's store names an image only once it is whole). Returns the problems.
-pub fn node_half_states(node: &str, reference: &str) -> Vec<String> {
+/// What run `run` may leave in a node's runtime after it failed or was stopped: nothing
+/// under its staging names, and `reference` either absent or whole (containerd's `images
+/// check` says complete; CRI-O's store names an image only once it is whole). Returns the
+/// problems. Other runs' staging names are theirs: tests run side by side.
+pub fn node_half_states(node: &str, reference: &str, run: &str) -> Vec<String> {
+    let staging = format!("sideload.invalid/partial:{run}-");
     let mut problems: Vec<String> = node_images(node)
         .into_iter()
-        .filter(|r| r.starts_with("sideload.invalid/"))
+        .filter(|r| r.starts_with(&staging))
         .map(|r| format!("{node}: staging image {r} left"))
         .collect();
     if node != CRIO_NODE && node_images(node).iter().any(|r| r == reference) {
