@@ -66,12 +66,7 @@ async fn each_archive_format_loads_into_every_node_and_runs() {
         }
         // node-e is laid out like k3s: its socket and its ctr (under k3s's data dir) were
         // found from the kubelet's `+k3s1` version, not the kubeadm paths.
-        let k3s = report["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == K3S_NODE)
-            .unwrap();
+        let k3s = node_row(&report, K3S_NODE);
         let runtime = k3s["runtime"].as_str().unwrap();
         assert!(
             runtime.contains("/run/k3s/containerd/containerd.sock")
@@ -886,15 +881,7 @@ async fn an_implicit_selection_skips_nodes_that_cannot_take_the_image() {
         stderr(&out)
     );
     let report = json_out(&out);
-    let by_name = |name: &str| {
-        report["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == name)
-            .unwrap_or_else(|| panic!("{name} missing from {report}"))
-            .clone()
-    };
+    let by_name = |name: &str| node_row(&report, name).clone();
     for node in NODES {
         assert_eq!(by_name(node)["status"], "loaded", "{report}");
     }

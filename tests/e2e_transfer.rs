@@ -274,12 +274,7 @@ async fn a_relay_member_killed_mid_transfer_is_retried_and_the_others_load() {
     }
     // node-b's helper was killed: its first attempt failed, and a retry with a new helper
     // pod loaded it.
-    let b = report["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "node-b")
-        .unwrap();
+    let b = node_row(&report, "node-b");
     assert_eq!(b["attempts"], 2, "{b}");
     assert_eq!(
         b["earlier_failures"].as_array().map(Vec::len),
@@ -287,12 +282,7 @@ async fn a_relay_member_killed_mid_transfer_is_retried_and_the_others_load() {
         "{b}"
     );
     for node in ["node-a", "node-c", "node-d"] {
-        let n = report["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == node)
-            .unwrap();
+        let n = node_row(&report, node);
         assert_eq!(n["attempts"], 1, "{n}");
     }
     let d = sent_per_node(&report)

@@ -333,6 +333,16 @@ pub async fn run_pod_on(client: &kube::Client, namespace: &str, node: &str, imag
     panic!("pod with {image} on {node} never ran: {phase_detail}");
 }
 
+/// The report's row for `node`; panics naming the node and the report when it has none.
+pub fn node_row<'a>(report: &'a Value, node: &str) -> &'a Value {
+    report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == node)
+        .unwrap_or_else(|| panic!("no row for {node} in {report}"))
+}
+
 pub fn statuses(report: &Value) -> Vec<(String, String)> {
     report["nodes"]
         .as_array()
