@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
 use indicatif::ProgressBar;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
 use serde::Serialize;
 use sideload_agent::protocol::{self, Relay, RelaySource};
@@ -26,9 +26,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archive;
 use crate::cluster::agent::{Agent, Session};
-use crate::cluster::errors::{Permanent, is_permanent};
+use crate::cluster::errors::{Permanent, is_permanent, is_transient, persist};
 use crate::cluster::exec::Output;
 use crate::cluster::helper::{self, HelperSpec, Started};
+use crate::cluster::nodes::NodeFacts;
 use crate::plan::{Decision, NodePlan, Plan};
 use crate::progress::Progress;
 use crate::runtime::{Inventory, Located, Wanted};
@@ -180,6 +181,32 @@ pub async fn execute(run: &Run, plan: &Plan) -> Vec<NodeResult> {
             () = tokio::time::sleep(wait) => {}
             () = run.cancel.cancelled() => break,
         }
+        // A retry needs the API server (it may be restarting: that is often why the
+        // attempt failed) and a node whose kubelet still reports: a pod for a NotReady
+        // node would only wait out --helper-timeout.
+        let names: Vec<&str> = again.iter().map(|&i| results[i].name.as_str()).collect();
+        let why_not = tokio::select! {
+            why = why_not_retry(run, &names) => why,
+            () = run.cancel.cancelled() => break,
+        };
+        let again: Vec<usize> = again
+            .into_iter()
+            .filter(|&i| match why_not.get(&results[i].name) {
+                Some(why) => {
+                    let r = &mut results[i];
+                    r.retryable = false;
+                    r.error = Some(format!(
+                        "{}; not retried: {why}",
+                        r.error.as_deref().unwrap_or("failed")
+                    ));
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        if again.is_empty() {
+            break;
+        }
         let nodes: Vec<&NodePlan> = again.iter().map(|&i| &plan.nodes[i]).collect();
         let redone = attempt(run, plan, &nodes, retry).await;
         for (i, mut r) in again.into_iter().zip(redone) {
@@ -192,6 +219,58 @@ pub async fn execute(run: &Run, plan: &Plan) -> Vec<NodeResult> {
     }
     results
 }
+
+/// How long a retry waits for an API server that does not answer.
+const API_COMEBACK: Duration = Duration::from_secs(60);
+
+/// Why each of `nodes` should not be tried again (absent: it should): the API server did
+/// not answer within [`API_COMEBACK`], or the node is NotReady or gone.
+async fn why_not_retry(run: &Run, nodes: &[&str]) -> BTreeMap<String, String> {
+    let api: Api<Node> = Api::all(run.client.clone());
+    let mut why = BTreeMap::new();
+    for &name in nodes {
+        let reason = match persist(API_COMEBACK, || api.get_opt(name)).await {
+            Ok(node) => match unusable(node.as_ref()) {
+                Some(reason) => reason,
+                None => continue,
+            },
+            Err(e) if is_transient(&e) => format!(
+                "the API server did not answer for {} s ({e})",
+                API_COMEBACK.as_secs()
+            ),
+            // Not allowed to read the node (a custom role): try anyway.
+            Err(_) => continue,
+        };
+        why.insert(name.to_string(), reason);
+    }
+    why
+}
+
+/// Why a node (as the API has it now) can start no helper pod, if it cannot.
+fn unusable(node: Option<&Node>) -> Option<String> {
+    match node {
+        Some(node) if NodeFacts::from_node(node).ready => None,
+        Some(_) => Some("the node went NotReady (its kubelet stopped reporting)".into()),
+        None => Some("the node was deleted".into()),
+    }
+}
+
+/// Resolves once the node cannot start a pod (NotReady or deleted), polling every few
+/// seconds: a helper pod waiting on a node whose kubelet is gone would otherwise wait out
+/// --helper-timeout. A failed read keeps polling.
+async fn node_lost(run: &Run, name: &str) -> String {
+    let api: Api<Node> = Api::all(run.client.clone());
+    loop {
+        tokio::time::sleep(NODE_POLL).await;
+        if let Ok(node) = api.get_opt(name).await
+            && let Some(why) = unusable(node.as_ref())
+        {
+            return why;
+        }
+    }
+}
+
+const NODE_POLL: Duration = Duration::from_secs(5);
 
 /// The wait before retry `n` (1, 2, …): 1 s, 2 s, 4 s, then 8 s. Short, because the faults
 /// retried are passing ones; long enough for a restarted kubelet or runtime to come back.
@@ -397,6 +476,7 @@ async fn start_helper(
         tracing::debug!(node = %node.node.name, pod = %name, image = %candidate.image, "helper pod created");
         let started = tokio::select! {
             started = helper::wait_running(pods, &name, run.helper_timeout) => started,
+            why = node_lost(run, &node.node.name) => Err(Permanent(format!("{why} before its helper pod {name} started")).into()),
             () = run.cancel.cancelled() => Err(run.stopped("starting its helper pod")),
         };
         match started {

@@ -152,6 +152,10 @@ impl Transfer {
             let mut flipped = fault::Flip::from_env(w);
             #[cfg(feature = "e2e")]
             let w: &mut dyn Write = &mut flipped;
+            #[cfg(feature = "e2e")]
+            let mut paused = fault::Pause::from_env(w);
+            #[cfg(feature = "e2e")]
+            let w: &mut dyn Write = &mut paused;
             if !framed {
                 return self.write(&mut Counting { inner: w, bar });
             }
@@ -280,12 +284,57 @@ impl Write for Counting<'_> {
     }
 }
 
-/// A corrupted link, for the e2e suite only (the `e2e` feature; never in a release build):
+/// Faults for the e2e suite only (the `e2e` feature; never in a release build).
 /// `SIDELOAD_E2E_FLIP_WIRE_BYTE=N` flips the bits of the Nth byte each stream puts on the
 /// wire, after framing and compression, as a bad link or a hostile middlebox would.
+/// `SIDELOAD_E2E_PAUSE_AT_BYTE=N` with `SIDELOAD_E2E_PAUSE_FILE=PATH`: the first stream to
+/// reach its Nth byte creates PATH and holds until PATH is removed, so a test can break
+/// something at a known point of a transfer (once per process: a retry is not held).
 #[cfg(feature = "e2e")]
 mod fault {
     use std::io::{self, Write};
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    static PAUSED_ONCE: AtomicBool = AtomicBool::new(false);
+
+    pub struct Pause<'a> {
+        inner: &'a mut dyn Write,
+        at: Option<(u64, PathBuf)>,
+        seen: u64,
+    }
+
+    impl<'a> Pause<'a> {
+        pub fn from_env(inner: &'a mut dyn Write) -> Self {
+            let at = std::env::var("SIDELOAD_E2E_PAUSE_AT_BYTE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .zip(std::env::var_os("SIDELOAD_E2E_PAUSE_FILE").map(PathBuf::from));
+            Pause { inner, at, seen: 0 }
+        }
+    }
+
+    impl Write for Pause<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if let Some((at, file)) = &self.at
+                && self.seen + buf.len() as u64 > *at
+                && !PAUSED_ONCE.swap(true, Ordering::SeqCst)
+            {
+                // Runs on the stream's blocking thread: sleeping here holds only it.
+                std::fs::write(file, b"paused")?;
+                while file.exists() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            let n = self.inner.write(buf)?;
+            self.seen += n as u64;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.inner.flush()
+        }
+    }
 
     pub struct Flip<'a> {
         inner: &'a mut dyn Write,

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::ByteString;
@@ -19,7 +20,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use sha2::{Digest, Sha256};
 use sideload_agent::protocol::{self, Answer, Query, Run};
 
-use crate::cluster::errors::explain;
+use crate::cluster::errors::{explain, persist};
 use crate::cluster::exec::{self, Output};
 use crate::cluster::helper::{MANAGED_BY, RUN_LABEL, Runs};
 
@@ -28,7 +29,7 @@ static AGENT_ARM64: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sideload-a
 
 /// How long one question to the agent may take (the runtime's own commands have shorter
 /// timeouts of their own on the node; this covers the connection).
-const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+const QUERY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The ConfigMap key holding the binary.
 pub const KEY: &str = "agent";
@@ -129,21 +130,24 @@ pub async fn create_configmaps(
 
 /// Names of agent ConfigMaps in the namespace of these runs.
 pub async fn list_configmaps(api: &Api<ConfigMap>, runs: Runs<'_>) -> Result<Vec<String>> {
-    Ok(api
-        .list_metadata(&ListParams::default().labels(&runs.selector()))
-        .await
-        .map_err(|e| explain(e, "list", "configmaps"))?
-        .items
-        .into_iter()
-        .filter_map(|m| m.metadata.name)
-        .collect())
+    let params = ListParams::default().labels(&runs.selector());
+    Ok(
+        persist(Duration::from_secs(30), || api.list_metadata(&params))
+            .await
+            .map_err(|e| explain(e, "list", "configmaps"))?
+            .items
+            .into_iter()
+            .filter_map(|m| m.metadata.name)
+            .collect(),
+    )
 }
 
 /// Deletes the agent ConfigMaps of these runs; returns their names.
 pub async fn delete_configmaps(api: &Api<ConfigMap>, runs: Runs<'_>) -> Result<Vec<String>> {
     let names = list_configmaps(api, runs).await?;
     for name in &names {
-        match api.delete(name, &DeleteParams::default()).await {
+        let params = DeleteParams::default();
+        match persist(Duration::from_secs(30), || api.delete(name, &params)).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(explain(e, "delete", "configmaps")),

@@ -1,7 +1,11 @@
 //! Turns API errors into messages a user can act on: which permission is missing, which
 //! namespace label admits the helper pod, whether the API server is reachable at all.
 
+use std::future::Future;
+use std::time::Duration;
+
 use anyhow::anyhow;
+use tokio::time::Instant;
 
 /// A failure that a retry would meet again: a denial, an admission rejection, bad
 /// credentials, nothing on the node to start a helper from. Nodes failing so are not retried.
@@ -22,6 +26,40 @@ pub fn is_permanent(err: &anyhow::Error) -> bool {
             )
     })
 }
+
+/// Whether a call that failed with `err` may succeed in a moment: the API server
+/// unreachable (restarting, a dropped connection) or answering 408, 429 or 5xx.
+pub fn is_transient(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(s) => s.code == 408 || s.code == 429 || s.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+/// Runs `call` until it succeeds, fails for a reason that is not [transient](is_transient),
+/// or `within` has passed (then its last error), a second between tries. For the calls that
+/// must not give up at the first refused connection: deleting what the run created, and
+/// the wait for the API server before a retry. Hand-written: a loop of six lines, where a
+/// retry crate would want its own error and policy types.
+pub async fn persist<T, F, Fut>(within: Duration, mut call: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, kube::Error>>,
+{
+    let until = Instant::now() + within;
+    loop {
+        match call().await {
+            Err(e) if is_transient(&e) && Instant::now() + PERSIST_PAUSE < until => {
+                tracing::debug!(error = %e, "transient API error; trying again");
+                tokio::time::sleep(PERSIST_PAUSE).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+const PERSIST_PAUSE: Duration = Duration::from_secs(1);
 
 /// Wraps a kube error from `verb` on `resource` with the next step for the user.
 pub fn explain(err: kube::Error, verb: &str, resource: &str) -> anyhow::Error {
@@ -134,5 +172,53 @@ mod tests {
             msg.contains("pod-security.kubernetes.io/enforce=privileged"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn transient_errors_are_the_passing_ones() {
+        for code in [408, 429, 500, 503] {
+            assert!(is_transient(&api_error(code, "x")), "{code}");
+        }
+        for code in [400, 401, 403, 404, 409, 422] {
+            assert!(!is_transient(&api_error(code, "x")), "{code}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn persist_retries_transient_errors_until_success_or_its_bound() {
+        let calls = std::cell::Cell::new(0);
+        let ok = persist(Duration::from_secs(10), || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move {
+                if n < 3 {
+                    Err(api_error(503, "restarting"))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(ok.unwrap(), 3);
+
+        calls.set(0);
+        let denied = persist(Duration::from_secs(10), || {
+            calls.set(calls.get() + 1);
+            async { Err::<(), _>(api_error(403, "no")) }
+        })
+        .await;
+        assert!(denied.is_err());
+        assert_eq!(calls.get(), 1, "a denial is not retried");
+
+        calls.set(0);
+        let started = Instant::now();
+        let down = persist(Duration::from_secs(5), || {
+            calls.set(calls.get() + 1);
+            async { Err::<(), _>(api_error(503, "down")) }
+        })
+        .await;
+        assert!(down.is_err());
+        assert!(started.elapsed() <= Duration::from_secs(5), "bounded");
+        assert!((4..=5).contains(&calls.get()), "{}", calls.get());
     }
 }

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use sideload_agent::protocol;
 
 use crate::cluster::agent;
-use crate::cluster::errors::explain;
+use crate::cluster::errors::{explain, persist};
 use crate::cluster::nodes::NodeFacts;
 
 /// Label every object of a run carries; `cleanup` deletes what matches it.
@@ -449,7 +449,9 @@ pub async fn delete(api: &Api<Pod>, name: &str, wait: Duration) -> Result<()> {
         grace_period_seconds: Some(0),
         ..Default::default()
     };
-    let uid = match api.delete(name, &params).await {
+    // Persistent: a helper must not outlive its run because the API server was restarting
+    // when the run ended.
+    let uid = match persist(wait, || api.delete(name, &params)).await {
         Ok(either) => either.left().and_then(|p| p.metadata.uid),
         Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
         Err(e) => {
@@ -470,6 +472,9 @@ pub async fn delete(api: &Api<Pod>, name: &str, wait: Duration) -> Result<()> {
         Ok(Err(e)) => Err(anyhow!("watching helper pod {name} go: {e}")),
     }
 }
+
+/// How long a list of the run's objects keeps trying through a restarting API server.
+const LIST_PERSIST: Duration = Duration::from_secs(30);
 
 /// Which runs' objects a list or a sweep covers.
 #[derive(Clone, Copy, Debug)]
@@ -498,8 +503,8 @@ impl Runs<'_> {
 /// Names of helper pods in `namespace` of these runs.
 pub async fn list(api: &Api<Pod>, runs: Runs<'_>) -> Result<Vec<String>> {
     let selector = runs.selector();
-    let pods = api
-        .list_metadata(&ListParams::default().labels(&selector))
+    let params = ListParams::default().labels(&selector);
+    let pods = persist(LIST_PERSIST, || api.list_metadata(&params))
         .await
         .map_err(|e| {
             let namespace = api.namespace().unwrap_or_default();

@@ -18,7 +18,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::errors::explain;
+use crate::cluster::errors::{explain, persist};
 use crate::cluster::helper::{MANAGED_BY, RUN_LABEL};
 
 /// How long a run counts as alive after its last renewal.
@@ -100,7 +100,11 @@ impl Heartbeat {
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
-        let _ = self.api.delete(&self.name, &DeleteParams::default()).await;
+        let params = DeleteParams::default();
+        let _ = persist(Duration::from_secs(30), || {
+            self.api.delete(&self.name, &params)
+        })
+        .await;
     }
 }
 
