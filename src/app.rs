@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::Api;
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::{Archive, Source, Summary};
+use crate::archive::{Archive, Source, Summary, reference};
 use crate::cli::{
     CleanupArgs, Cli, Command, CompletionArgs, Compress, DryRun, InspectArgs, KubeArgs, LoadArgs,
     NodeSelection, Output, Pipeline, Relay,
@@ -38,6 +38,38 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Complete(args)) => crate::complete::run(&args.words).await,
         None => sideload(cli.load, &cli.kube).await,
     }
+}
+
+/// `--tag`: the names to import the image under instead of the archive's. Without it,
+/// warns about `localhost/` names: podman gives short names that prefix, and pods asking
+/// for `app:v2` (docker.io/library/app:v2 to the kubelet) never find `localhost/app:v2`.
+fn name_image(archive: &mut Archive, tags: &[String]) -> Result<()> {
+    if tags.is_empty() {
+        for r in &archive.summary().refs {
+            if let Some(short) = r.strip_prefix("localhost/") {
+                eprintln!(
+                    "warning: the archive names the image {r} (podman's spelling of a short \
+                     name); pods asking for {short} will not find it: pass --tag {short} to \
+                     import it under the name they ask for"
+                );
+            }
+        }
+        return Ok(());
+    }
+    let mut refs = Vec::new();
+    for tag in tags {
+        if tag.contains('@') {
+            bail!("--tag {tag:?} names a digest; the image keeps its own digest, give a name:tag");
+        }
+        let r = reference::normalize(tag).map_err(|e| {
+            anyhow!("--tag {tag:?} is not an image reference ({e}); e.g. --tag app:v2")
+        })?;
+        if !refs.contains(&r) {
+            refs.push(r);
+        }
+    }
+    archive.rename(refs);
+    Ok(())
 }
 
 /// Opens the archive on a blocking thread: it is one sequential read of the whole file.
@@ -69,7 +101,9 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         .archive
         .clone()
         .context("an archive path (or - for stdin) is required")?;
-    let archive = Arc::new(open_archive(&archive_arg).await?);
+    let mut archive = open_archive(&archive_arg).await?;
+    name_image(&mut archive, &args.tag)?;
+    let archive = Arc::new(archive);
     let summary = archive.summary();
 
     let cluster = client::connect(kube).await?;
@@ -153,6 +187,7 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         relay: args.relay == Relay::Auto,
         compress: args.compress == Compress::Auto,
         pipeline: args.pipeline == Pipeline::Auto,
+        pin: args.pin,
         run_id: plan.run_id.clone(),
         cancel: CancellationToken::new(),
         stopped_by: Default::default(),

@@ -127,6 +127,20 @@ pub struct LoadArgs {
     #[arg(long, value_enum, value_name = "auto|off", default_value = "auto")]
     pub pipeline: Pipeline,
 
+    /// Import the image under this name instead of the names in the archive (repeat for
+    /// several), e.g. `--tag app:v2` for an archive podman saved as `localhost/app:v2`.
+    /// Short names are completed as the kubelet completes them (docker.io/library/app:v2)
+    #[arg(long, value_name = "REF")]
+    pub tag: Vec<String>,
+
+    /// Protect the loaded image from the kubelet's image garbage collection: containerd
+    /// 1.6.22, 1.7.3, 2.0 and later mark it pinned (CRI then reports it so); where the
+    /// runtime cannot pin (CRI-O, older containerd) the report says so for that node.
+    /// There is no `unpin` command yet: on the node, `ctr -n k8s.io images label REF
+    /// io.cri-containerd.pinned=` gives the image back to GC
+    #[arg(long)]
+    pub pin: bool,
+
     /// How many nodes to load at the same time
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,

@@ -30,6 +30,7 @@ use crate::cluster::errors::{Permanent, is_permanent, is_transient, persist};
 use crate::cluster::exec::Output;
 use crate::cluster::helper::{self, HelperSpec, Started};
 use crate::cluster::nodes::NodeFacts;
+use crate::pin;
 use crate::plan::{Decision, NodePlan, Plan};
 use crate::progress::Progress;
 use crate::runtime::{Inventory, Located, Wanted};
@@ -80,6 +81,12 @@ pub struct NodeResult {
     /// Why each earlier attempt failed, oldest first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub earlier_failures: Vec<String>,
+    /// With `--pin`: whether CRI reports the image pinned now, and why not or what
+    /// vouched for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin_note: Option<String>,
     /// Whether another attempt could end otherwise (a failure not marked permanent).
     #[serde(skip)]
     pub retryable: bool,
@@ -101,6 +108,8 @@ pub struct Run {
     /// Cut streams into one part per layer for runtimes that import parts, so nodes
     /// unpack while the stream arrives (`--pipeline`).
     pub pipeline: bool,
+    /// Protect the loaded refs from the kubelet's image GC where the runtime can (`--pin`).
+    pub pin: bool,
     /// The run's id: tags the prefix images of cut streams.
     pub run_id: String,
     /// Cancelled on Ctrl-C: nodes not started yet never start, and a node in flight stops
@@ -335,6 +344,8 @@ fn result(node: &str, started: Instant, status: Status, error: Option<String>) -
         import_parts: 0,
         attempts: 1,
         earlier_failures: Vec::new(),
+        pinned: None,
+        pin_note: None,
         retryable: false,
     }
 }
@@ -404,6 +415,7 @@ async fn prepare<'p>(
             })
         }
         Ok((session, located, inventory)) => {
+            let pinned = pin_if_asked(run, &session, located.as_ref(), wanted, &bar).await;
             drop(session);
             let removed = remove(pods, &pod, &bar).await;
             bar.finish_with_message("already present");
@@ -418,8 +430,16 @@ async fn prepare<'p>(
             );
             r.runtime = Some(located.describe());
             r.verified_by = Some(inventory.checked_by);
-            if let Err(err) = removed {
+            let failed = pinned.and_then(|pin| {
+                if let Some(pin) = pin {
+                    r.pinned = Some(pin.done);
+                    r.pin_note = Some(pin.note);
+                }
+                removed
+            });
+            if let Err(err) = failed {
                 r.status = Status::Failed;
+                r.retryable = retryable(run, &err);
                 r.error = Some(format!("{err:#}"));
             }
             Err(r)
@@ -851,9 +871,21 @@ async fn finish(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, moved: Moved) -> Node
             out.layers_reused = reused;
             out.via = Some(via);
             r.bar.set_message("verifying");
-            tokio::select! {
+            let verified = tokio::select! {
                 v = verify(&r.session, r) => v,
                 () = run.cancel.cancelled() => Err(run.stopped("verifying the import")),
+            };
+            match verified {
+                Ok(by) => pin_if_asked(run, &r.session, r.located.as_ref(), r.wanted, &r.bar)
+                    .await
+                    .map(|pin| {
+                        if let Some(pin) = pin {
+                            out.pinned = Some(pin.done);
+                            out.pin_note = Some(pin.note);
+                        }
+                        by
+                    }),
+                Err(err) => Err(err),
             }
         }
         Moved::Failed(err, via) => {
@@ -878,6 +910,24 @@ async fn finish(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, moved: Moved) -> Node
     }
     out.seconds = r.started.elapsed().as_secs_f64();
     out
+}
+
+/// With `--pin`, pins the image's refs; `None` when not asked.
+async fn pin_if_asked(
+    run: &Run,
+    session: &Session,
+    located: &dyn Located,
+    wanted: &Wanted,
+    bar: &ProgressBar,
+) -> Result<Option<pin::Pin>> {
+    if !run.pin {
+        return Ok(None);
+    }
+    bar.set_message("pinning");
+    tokio::select! {
+        pinned = pin::apply(session, located, &wanted.refs, true) => pinned.map(Some),
+        () = run.cancel.cancelled() => Err(run.stopped("pinning the image")),
+    }
 }
 
 /// The runtime holds the image as it must; CRI learns of an import from the runtime's

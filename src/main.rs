@@ -8,6 +8,7 @@ mod cluster;
 mod complete;
 mod load;
 mod model;
+mod pin;
 mod plan;
 mod progress;
 mod report;

@@ -108,25 +108,28 @@ fn nodes_table(summary: &Summary, results: &[NodeResult]) -> String {
             .into(),
             human_bytes(r.bytes_sent),
             format!("{:.1}s", r.seconds),
-            match (&r.error, r.layers_reused) {
-                (Some(error), _) if r.attempts > 1 => {
-                    format!("{error} (after {} attempts)", r.attempts)
-                }
-                (Some(error), _) => error.clone(),
-                (None, n) => {
-                    let mut parts = Vec::new();
-                    if let Some(last) = r.earlier_failures.last() {
-                        parts.push(format!("attempt {} after: {last}", r.attempts));
+            with_pin(
+                r,
+                match (&r.error, r.layers_reused) {
+                    (Some(error), _) if r.attempts > 1 => {
+                        format!("{error} (after {} attempts)", r.attempts)
                     }
-                    if let Some(via) = r.via.as_deref().filter(|v| *v != "direct") {
-                        parts.push(via.to_string());
+                    (Some(error), _) => error.clone(),
+                    (None, n) => {
+                        let mut parts = Vec::new();
+                        if let Some(last) = r.earlier_failures.last() {
+                            parts.push(format!("attempt {} after: {last}", r.attempts));
+                        }
+                        if let Some(via) = r.via.as_deref().filter(|v| *v != "direct") {
+                            parts.push(via.to_string());
+                        }
+                        if n > 0 {
+                            parts.push(format!("{n} layer(s) already on the node, not sent"));
+                        }
+                        parts.join("; ")
                     }
-                    if n > 0 {
-                        parts.push(format!("{n} layer(s) already on the node, not sent"));
-                    }
-                    parts.join("; ")
-                }
-            },
+                },
+            ),
         ]);
     }
     format!(
@@ -135,6 +138,21 @@ fn nodes_table(summary: &Summary, results: &[NodeResult]) -> String {
         summary.digest,
         columns(&rows)
     )
+}
+
+/// A node's detail with what `--pin` did there, if it was asked.
+fn with_pin(r: &NodeResult, detail: String) -> String {
+    let pin = match (r.pinned, &r.pin_note) {
+        (Some(true), _) => "pinned".to_string(),
+        (Some(false), Some(why)) => format!("NOT pinned: {why}"),
+        (Some(false), None) => "NOT pinned".to_string(),
+        (None, _) => return detail,
+    };
+    if detail.is_empty() {
+        pin
+    } else {
+        format!("{detail}; {pin}")
+    }
 }
 
 /// The plan as a table, for `--dry-run`.
@@ -264,6 +282,8 @@ mod tests {
             import_parts: 1,
             attempts: 1,
             earlier_failures: vec![],
+            pinned: None,
+            pin_note: None,
             retryable: false,
         };
         let w = WorkloadResult {
@@ -292,6 +312,16 @@ mod tests {
         assert!(row.contains("db,migrate"), "{row}");
         assert!(row.contains("pods kept on loaded nodes"), "{row}");
         assert!(!table(&summary, std::slice::from_ref(&node), &[]).contains("WORKLOAD"));
+        // --pin: a node that could not pin says so in its row, never just "loaded".
+        let crio = NodeResult {
+            name: "node-d".into(),
+            pinned: Some(false),
+            pin_note: Some("CRI-O pins only …".into()),
+            ..node.clone()
+        };
+        let text = table(&summary, &[crio], &[]);
+        let row = text.lines().find(|l| l.starts_with("node-d")).unwrap();
+        assert!(row.contains("NOT pinned: CRI-O pins only"), "{row}");
 
         let value: serde_json::Value =
             serde_json::from_str(&json("abc123", &summary, &[node], &[w])).unwrap();

@@ -121,6 +121,34 @@ fn an_unreachable_api_server_names_the_fix() {
 }
 
 #[test]
+fn bad_tags_and_podman_short_names_are_named_before_the_cluster_is_asked() {
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let manifest = br#"[{"Config":"cfg.json","RepoTags":["localhost/app:v1"],"Layers":[]}]"#;
+    let bytes = tar_with(&[("cfg.json", config), ("manifest.json", manifest)]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("podman.tar");
+    std::fs::write(&path, bytes).unwrap();
+    let path = path.to_str().unwrap();
+    let out = sideload_offline(&[path, "--tag", "app@sha256:0000"]);
+    assert_clean_failure(&out, "names a digest");
+    let out = sideload_offline(&[path, "--tag", "Bad Name:1"]);
+    assert_clean_failure(&out, "--tag \"Bad Name:1\" is not an image reference");
+    // podman's localhost/ prefix: a warning that names the fix, then on to the cluster.
+    let out = sideload_offline(&[path]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: the archive names the image localhost/app:v1")
+            && err.contains("--tag app:v1"),
+        "{err}"
+    );
+    let out = sideload_offline(&[path, "--tag", "app:v1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("warning"), "{err}");
+    assert!(err.contains("cannot reach the API server"), "{err}");
+}
+
+#[test]
 fn flag_errors_name_the_flag() {
     let out = sideload_offline(&["x.tar", "--nodes", "a", "--selector", "b=c"]);
     assert!(!out.status.success());

@@ -991,3 +991,52 @@ async fn the_crio_node_holds_the_image_under_its_full_name_in_the_storage_crio_r
     }
     node_remove_image(CRIO_NODE, &full);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_podman_localhost_name_is_warned_and_tag_imports_it_under_the_name_pods_ask_for() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let namespace = TestNamespace::new(&client, "sl-tag").await;
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique("v");
+    // As `podman save` writes a short name: under podman's localhost/ prefix.
+    let saved = format!("localhost/tagged:{tag}");
+    let tar = dir.path().join("podman.tar");
+    make_image(&saved, &tar, &["--layers", "1", "--layer-mib", "1"]);
+    let nodes = ["node-a", CRIO_NODE];
+    let tar = tar.to_str().unwrap();
+    let plain = sideload(&[tar, "--dry-run", "--nodes", &nodes.join(",")]);
+    assert!(
+        stderr(&plain).contains(&format!("pass --tag tagged:{tag}")),
+        "{}",
+        stderr(&plain)
+    );
+    let short = format!("tagged:{tag}");
+    let out = sideload(&[
+        tar,
+        "--nodes",
+        &nodes.join(","),
+        "--helper-namespace",
+        &namespace.name,
+        "--tag",
+        &short,
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    let report = json_out(&out);
+    let wanted = format!("docker.io/library/tagged:{tag}");
+    assert_eq!(report["image"]["refs"], json!([wanted]), "{report}");
+    for node in nodes {
+        let held = node_images(node);
+        assert!(held.contains(&wanted), "{node}: {held:?}");
+        assert!(
+            !held.contains(&saved),
+            "{node} holds the podman name: {held:?}"
+        );
+        // What a pod spec says, `tagged:TAG`, is what the kubelet now finds.
+        run_pod_on(&client, &namespace.name, node, &short).await;
+        node_remove_image(node, &wanted);
+    }
+}

@@ -18,19 +18,6 @@ use util::*;
 
 const PAUSE_AT: u64 = 16 << 20;
 
-/// `tests/cluster/fault ARGS…`; panics with its output when it fails.
-fn fault(args: &[&str]) {
-    let out = Command::new(repo().join("tests/cluster/fault"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tests/cluster/fault {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A kubelet stopped by a test is started again however the test ends.
 struct KubeletBack(&'static str);
 

@@ -58,6 +58,17 @@ impl Images {
     }
 }
 
+/// The nodes are left as the test found them: neither image stays on any node (best effort:
+/// an image a pod still runs may stay on the CRI-O node).
+impl Drop for Images {
+    fn drop(&mut self) {
+        for node in NODES {
+            node_remove_image(node, &self.tag("v1"));
+            node_remove_image(node, &self.tag("v2"));
+        }
+    }
+}
+
 /// Sideloads `tar` into `nodes` (helpers in `ns`) and insists that it worked.
 fn load(tar: &str, nodes: &str, ns: &str) {
     let out = sideload(&[
@@ -910,4 +921,87 @@ async fn a_cronjobs_job_template_is_patched() {
         .clone();
     assert_eq!(container.image.as_deref(), Some(images.tag("v2").as_str()));
     assert_eq!(container.image_pull_policy.as_deref(), Some("IfNotPresent"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signal_during_the_rollout_wait_stops_at_once_and_leaves_no_helper() {
+    let (_logs, client, ns, images) = setup("wl-signal", "node-a,node-b").await;
+    // Pods that never become Ready: the rollout of v2 never completes, so the plugin is
+    // surely waiting for it when the signal comes.
+    let mut object = deployment(
+        "stuck",
+        1,
+        &images.tag("v1"),
+        json!({"nodeSelector": {"pool": "blue"}}),
+    );
+    object["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] = json!({
+        "exec": {"command": ["/no/such/probe"]},
+        "periodSeconds": 1,
+    });
+    create::<Deployment>(&client, &ns.name, object).await;
+
+    for (signal, code) in [("-TERM", 143), ("-INT", 130)] {
+        let mut cmd = plugin();
+        cmd.arg("--kubeconfig")
+            .arg(admin_kubeconfig())
+            .arg(&images.v2)
+            .args(["--nodes", "node-a,node-b", "--workload", "deploy/stuck"])
+            .args(["-n", &ns.name, "--helper-namespace", &ns.name, "--yes"])
+            .args(["--rollout-timeout", "300s", "-o", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().unwrap();
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+        let started = Instant::now();
+        loop {
+            let d = deployments.get("stuck").await.unwrap();
+            let image = serde_json::to_value(&d).unwrap()["spec"]["template"]["spec"]["containers"]
+                [0]["image"]
+                .clone();
+            if image == images.tag("v2").as_str() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "never patched"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Patched: now it waits for a rollout that cannot finish.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let stopped = Instant::now();
+        let pid = child.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{signal}: {}", stderr(&out));
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "{signal} took {:?} to stop the wait",
+            stopped.elapsed()
+        );
+        assert!(
+            stderr(&out).contains("a workload already patched keeps rolling out"),
+            "{}",
+            stderr(&out)
+        );
+        let left = helper_pods(&client, &ns.name).await;
+        assert!(left.is_empty(), "{signal} left {left:?}");
+        // The next round patches again from v1.
+        deployments
+            .patch(
+                "stuck",
+                &PatchParams::default(),
+                &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
+                    {"name": "app", "image": images.tag("v1")}
+                ]}}}})),
+            )
+            .await
+            .unwrap();
+    }
 }

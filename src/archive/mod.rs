@@ -285,6 +285,12 @@ impl Archive {
         &self.summary
     }
 
+    /// Names the image `refs` (fully qualified, see [`reference::normalize`]) instead of
+    /// the names the archive gives it (`--tag`). Only names change: every digest stays.
+    pub fn rename(&mut self, refs: Vec<String>) {
+        self.summary.refs = refs;
+    }
+
     /// The image for a node's platform.
     ///
     /// Errors with `NoMatchingPlatform` if the archive has none, or `IncompletePlatform` if it

@@ -1,10 +1,11 @@
 //! A kube client built from kubectl's connection flags, resolved once at start.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 use crate::cli::KubeArgs;
+use crate::cluster::errors::{self, Permanent};
 
 /// A connected client plus the namespace workloads are looked up in.
 #[derive(Clone)]
@@ -54,8 +55,21 @@ pub async fn connect(args: &KubeArgs) -> Result<Cluster> {
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
     let server = config.cluster_url.to_string();
-    let client = Client::try_from(config)
-        .with_context(|| format!("cannot build a client for the API server at {server}"))?;
+    if let Some(command) = config
+        .auth_info
+        .exec
+        .as_ref()
+        .and_then(|e| e.command.clone())
+    {
+        let _ = errors::CREDENTIAL_PLUGIN.set(command);
+    }
+    // kube-rs runs an `exec` credential plugin here, once, and again when its token expires.
+    let client = Client::try_from(config).map_err(|err| match err {
+        kube::Error::Auth(auth) => anyhow::Error::new(Permanent(errors::credentials(&auth))),
+        other => anyhow!(other).context(format!(
+            "cannot build a client for the API server at {server}"
+        )),
+    })?;
     Ok(Cluster { client, namespace })
 }
 

@@ -32,7 +32,9 @@ pub fn is_permanent(err: &anyhow::Error) -> bool {
 pub fn is_transient(err: &kube::Error) -> bool {
     match err {
         kube::Error::Api(s) => s.code == 408 || s.code == 429 || s.code >= 500,
-        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        // A credential plugin that failed fails the same way next second.
+        kube::Error::Service(inner) => inner.downcast_ref::<kube::client::AuthError>().is_none(),
+        kube::Error::HyperError(_) => true,
         _ => false,
     }
 }
@@ -60,6 +62,42 @@ where
 }
 
 const PERSIST_PAUSE: Duration = Duration::from_secs(1);
+
+/// The kubeconfig user's credential plugin (`exec.command`), once the client is built: the
+/// name a credential error gives, instead of the env-laden command line kube-rs reports.
+pub static CREDENTIAL_PLUGIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// A failure to get credentials (a credential plugin, a token file), for the user: which
+/// plugin and what it said, then the fix.
+pub fn credentials(err: &kube::client::AuthError) -> String {
+    use kube::client::AuthError;
+    let plugin = CREDENTIAL_PLUGIN.get().map_or("", String::as_str);
+    let said = match err {
+        AuthError::AuthExecRun { out, .. } => {
+            let text = String::from_utf8_lossy(if out.stderr.is_empty() {
+                &out.stdout
+            } else {
+                &out.stderr
+            })
+            .trim()
+            .to_string();
+            // The end of a long output: where the reason usually is.
+            let skip = text.chars().count().saturating_sub(500);
+            let tail: String = text.chars().skip(skip).collect();
+            format!(
+                "the credential plugin {plugin} failed ({}): {tail}",
+                out.status
+            )
+        }
+        other if !plugin.is_empty() => format!("the credential plugin {plugin}: {other}"),
+        other => other.to_string(),
+    };
+    format!(
+        "cannot get credentials for the API server from your kubeconfig's user: {said}; fix \
+         that credential plugin or token (`kubectl config view --minify` shows which one this \
+         context uses)"
+    )
+}
 
 /// Wraps a kube error from `verb` on `resource` with the next step for the user.
 pub fn explain(err: kube::Error, verb: &str, resource: &str) -> anyhow::Error {
@@ -101,6 +139,17 @@ pub fn explain(err: kube::Error, verb: &str, resource: &str) -> anyhow::Error {
             "the API server rejected your credentials ({}); refresh them or check --user/--context",
             status.message
         ))),
+        // The client's auth layer runs the kubeconfig's exec plugin (or reads its token
+        // file) before each request; its failures arrive as service errors, but they are
+        // about credentials, not the network.
+        kube::Error::Service(inner)
+            if inner.downcast_ref::<kube::client::AuthError>().is_some() =>
+        {
+            let auth = inner
+                .downcast_ref::<kube::client::AuthError>()
+                .expect("checked");
+            anyhow::Error::new(Permanent(credentials(auth)))
+        }
         kube::Error::HyperError(_) | kube::Error::Service(_) => anyhow!(
             "cannot reach the API server while trying to {verb} {resource}: {err}; check the \
              server address in your kubeconfig (--context/--kubeconfig) and your network"
@@ -120,6 +169,37 @@ mod tests {
                 .with_code(code)
                 .boxed(),
         )
+    }
+
+    #[test]
+    fn a_failing_credential_plugin_is_not_called_a_network_problem() {
+        let err = kube::Error::Service(Box::new(kube::client::AuthError::AuthExec(
+            "auth exec command '/bin/get-token' failed: no session".into(),
+        )));
+        let msg = explain(err, "list", "nodes").to_string();
+        assert!(msg.contains("cannot get credentials"), "{msg}");
+        assert!(
+            msg.contains("/bin/get-token") && msg.contains("no session"),
+            "{msg}"
+        );
+        assert!(!msg.contains("network"), "{msg}");
+        let status = std::process::Command::new("false").status().unwrap();
+        let run = kube::client::AuthError::AuthExecRun {
+            cmd: "KUBERNETES_EXEC_INFO=\"{}\" \"/bin/x\"".into(),
+            out: Box::new(std::process::Output {
+                status,
+                stdout: Vec::new(),
+                stderr: b"token expired\n".to_vec(),
+            }),
+        };
+        let msg = credentials(&run);
+        assert!(
+            msg.contains("failed (exit status: 1): token expired;"),
+            "{msg}"
+        );
+        assert!(!msg.contains("KUBERNETES_EXEC_INFO"), "{msg}");
+        let again = kube::Error::Service(Box::new(kube::client::AuthError::AuthExec("x".into())));
+        assert!(!is_transient(&again));
     }
 
     #[test]

@@ -432,6 +432,36 @@ impl super::Located for Located {
         Some(command)
     }
 
+    /// containerd's CRI reports an image pinned, and the kubelet never collects it, when
+    /// its record carries [`PIN_LABEL`]`=pinned`; `ctr images label` sets it (and with an
+    /// empty value removes it) on every ctr from 1.6 on. Older daemons ignore the label.
+    fn pin(&self, refs: &[String], pinned: bool) -> Result<Vec<Command>, String> {
+        if !honours_pin_label(self.server) {
+            return Err(format!(
+                "containerd {} does not honour the {PIN_LABEL} label (1.6.22, 1.7.3, 2.0 and \
+                 later do); upgrade containerd to pin",
+                self.server
+            ));
+        }
+        let label = if pinned {
+            format!("{PIN_LABEL}=pinned")
+        } else {
+            format!("{PIN_LABEL}=")
+        };
+        Ok(refs
+            .iter()
+            .map(|r| {
+                let mut command = self.ctr(&["images", "label", r, &label]);
+                command.timeout_secs = Some(REMOVE_TIMEOUT_SECS);
+                command
+            })
+            .collect())
+    }
+
+    fn pinned_query(&self, refs: &[String]) -> Option<Vec<Command>> {
+        self.crictl.as_ref().map(|c| c.inspect(refs))
+    }
+
     fn import(&self, wanted: &Wanted, bytes: u64) -> Run {
         let platform = wanted.platform.to_string();
         let mut args = vec![
@@ -460,6 +490,19 @@ impl super::Located for Located {
             parts: Vec::new(),
             finally: Vec::new(),
         }
+    }
+}
+
+/// The image label containerd's CRI reads as "pinned" (containerd#7944).
+pub const PIN_LABEL: &str = "io.cri-containerd.pinned";
+
+/// The first releases whose CRI reads [`PIN_LABEL`]: 1.6.22, 1.7.3 and every 2.x.
+fn honours_pin_label(v: Version) -> bool {
+    match (v.major, v.minor) {
+        (1, 6) => v.patch >= 22,
+        (1, 7) => v.patch >= 3,
+        (1, minor) => minor > 7,
+        (major, _) => major >= 2,
     }
 }
 
@@ -863,5 +906,49 @@ mod tests {
                 .contains(&"name==docker.io/library/app:v1".to_string())
         );
         assert!(cmds[1].argv.contains(&format!("digest=={}", w.layers[0])));
+    }
+
+    #[test]
+    fn pinning_labels_each_ref_where_the_daemon_honours_the_label() {
+        use super::super::Located as _;
+        let refs = vec![
+            "docker.io/library/app:v1".to_string(),
+            "x:$(id)".to_string(),
+        ];
+        // Debian 12's 1.6.20 ignores the label: nothing runs, and the reason names the fix.
+        let old = located();
+        let why = old.pin(&refs, true).unwrap_err();
+        assert!(why.contains("1.6.20") && why.contains("1.6.22"), "{why}");
+        for (server, honoured) in [
+            (Version::new(1, 6, 22), true),
+            (Version::new(1, 7, 2), false),
+            (Version::new(1, 7, 3), true),
+            (Version::new(2, 0, 0), true),
+            (Version::new(2, 4, 2), true),
+        ] {
+            let l = Located {
+                server,
+                ..located()
+            };
+            assert_eq!(l.pin(&refs, true).is_ok(), honoured, "{server}");
+        }
+        let l = Located {
+            server: Version::new(1, 7, 35),
+            ..located()
+        };
+        let pin = l.pin(&refs, true).unwrap();
+        assert_eq!(pin.len(), 2);
+        // One argv per ref, the ref a single word: never a shell.
+        assert_eq!(
+            pin[1].argv[pin[1].argv.len() - 4..],
+            [
+                "images",
+                "label",
+                "x:$(id)",
+                "io.cri-containerd.pinned=pinned"
+            ]
+        );
+        let unpin = l.pin(&refs, false).unwrap();
+        assert_eq!(unpin[0].argv.last().unwrap(), "io.cri-containerd.pinned=");
     }
 }

@@ -69,6 +69,27 @@ struct ImageStatus {
     id: String,
     #[serde(default)]
     repo_tags: Vec<String>,
+    /// What the kubelet's image GC reads: a pinned image is never collected.
+    #[serde(default)]
+    pinned: bool,
+}
+
+/// Reads the answers to [`Crictl::inspect`]: the refs CRI does not report pinned (missing
+/// ones included), in order; empty when every one is.
+pub fn unpinned(refs: &[String], results: &[CommandResult]) -> Vec<String> {
+    refs.iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            !results.get(*i).is_some_and(|r| {
+                r.exit_code == 0
+                    && serde_json::from_str::<Inspect>(&r.stdout)
+                        .ok()
+                        .and_then(|i| i.status)
+                        .is_some_and(|s| s.pinned)
+            })
+        })
+        .map(|(_, r)| r.clone())
+        .collect()
 }
 
 /// Reads the answers to [`Crictl::inspect`]: what is wrong with each ref, as CRI sees it.
@@ -144,6 +165,19 @@ mod tests {
         };
         let problems = check(&wanted(), &[good, missing]);
         assert_eq!(problems, ["CRI does not list docker.io/library/app:v2"]);
+    }
+
+    #[test]
+    fn pinned_is_read_from_cri_and_a_missing_answer_is_not_pinned() {
+        let refs: Vec<String> = vec!["a:1".into(), "b:1".into(), "c:1".into()];
+        let pinned = ok(r#"{"status":{"id":"x","pinned":true}}"#);
+        let not = ok(r#"{"status":{"id":"x"}}"#);
+        assert_eq!(unpinned(&refs, &[pinned.clone(), not]), ["b:1", "c:1"]);
+        let failed = CommandResult {
+            exit_code: 1,
+            ..pinned.clone()
+        };
+        assert_eq!(unpinned(&refs[..2], &[failed, pinned]), ["a:1"]);
     }
 
     #[test]

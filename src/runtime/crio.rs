@@ -396,6 +396,20 @@ impl super::Located for Located {
         Ok(())
     }
 
+    /// CRI-O has no per-image pin a client can set: it reports pinned exactly the images
+    /// its `pinned_images` setting names, and changing crio.conf is not ours to do.
+    fn pin(&self, _refs: &[String], _pinned: bool) -> Result<Vec<Command>, String> {
+        Err(
+            "CRI-O pins only the images its pinned_images setting (crio.conf) names; add the \
+             refs there to pin them"
+                .into(),
+        )
+    }
+
+    fn pinned_query(&self, refs: &[String]) -> Option<Vec<Command>> {
+        self.crictl.as_ref().map(|c| c.inspect(refs))
+    }
+
     fn inventory_query(&self, wanted: &Wanted) -> Query {
         Query {
             files: vec![self.storage.images_json(), self.storage.layers_json()],

@@ -200,6 +200,13 @@ pub trait Located: Send + Sync + fmt::Debug {
     fn remove_images(&self, _refs: &[String]) -> Option<Command> {
         None
     }
+    /// Host commands that protect `refs` from the kubelet's image garbage collection
+    /// (`pinned`) or give them back to it, or why this runtime cannot do that: then nothing
+    /// runs and the report says so, never that the image is pinned.
+    fn pin(&self, refs: &[String], pinned: bool) -> Result<Vec<Command>, String>;
+    /// Host commands asking CRI which of `refs` it reports pinned, read by
+    /// [`cri::pinned`]; `None` where the node has no crictl.
+    fn pinned_query(&self, refs: &[String]) -> Option<Vec<Command>>;
 }
 
 /// A lenient dotted version: `1.7.22`, `v2.0.0-rc.1`, `1.6.20~ds1` → (major, minor, patch).

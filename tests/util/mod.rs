@@ -80,6 +80,19 @@ pub fn make_image(reference: &str, out: &Path, args: &[&str]) {
     assert!(output.status.success(), "make-image failed");
 }
 
+/// `tests/cluster/fault ARGS…`; panics with its output when it fails.
+pub fn fault(args: &[&str]) {
+    let out = Command::new(repo().join("tests/cluster/fault"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tests/cluster/fault {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `tests/cluster/node-ctr NODE args…`, stdout.
 pub fn node_ctr(node: &str, args: &[&str]) -> String {
     let mut cmd = Command::new(repo().join("tests/cluster/node-ctr"));
