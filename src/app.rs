@@ -34,6 +34,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Some(Command::Inspect(args)) => inspect(args).await,
         Some(Command::Cleanup(args)) => cleanup(&cli.kube, args).await,
+        Some(Command::Status(args)) => crate::status::status(&cli.kube, args).await,
+        Some(Command::Unpin(args)) => crate::status::unpin(&cli.kube, args).await,
+        Some(Command::Rm(args)) => crate::status::remove(&cli.kube, args).await,
         Some(Command::Completion(args)) => completion(args),
         Some(Command::Complete(args)) => crate::complete::run(&args.words).await,
         None => sideload(cli.load, &cli.kube).await,
@@ -73,7 +76,7 @@ fn name_image(archive: &mut Archive, tags: &[String]) -> Result<()> {
 }
 
 /// Opens the archive on a blocking thread: it is one sequential read of the whole file.
-async fn open_archive(arg: &str) -> Result<Archive> {
+pub async fn open_archive(arg: &str) -> Result<Archive> {
     let source = if arg == "-" {
         if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
             bail!(
@@ -692,7 +695,7 @@ fn completion(args: CompletionArgs) -> Result<ExitCode> {
 }
 
 /// Prints results; a closed pipe (`| head`) is not an error worth reporting.
-fn print_stdout(text: &str) {
+pub fn print_stdout(text: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes());
     if !text.ends_with('\n') {
@@ -717,7 +720,7 @@ pub fn random_token() -> String {
 
 /// A short random id for this run's helper pods (`[a-z0-9]{6}`), without a rand crate:
 /// std's RandomState is seeded from the OS.
-fn run_id() -> String {
+pub fn run_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(
@@ -741,7 +744,7 @@ fn run_id() -> String {
 /// Ctrl-C, SIGTERM and SIGHUP (the terminal closed, an ssh session dropped), listened for
 /// from creation on: created just before the first object of the run, so no signal between
 /// "pod created" and "select polled" escapes cleanup.
-struct Signals {
+pub struct Signals {
     #[cfg(unix)]
     interrupt: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
@@ -751,7 +754,7 @@ struct Signals {
 }
 
 impl Signals {
-    fn listen() -> Self {
+    pub fn listen() -> Self {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -767,7 +770,7 @@ impl Signals {
 
     /// Resolves on the first signal: its name, and the exit code shells report for a
     /// process it ended (128 + its number).
-    async fn recv(&mut self) -> (&'static str, u8) {
+    pub async fn recv(&mut self) -> (&'static str, u8) {
         #[cfg(unix)]
         {
             async fn next(s: &mut Option<tokio::signal::unix::Signal>) {

@@ -34,6 +34,14 @@ Examples:
   # Show what is inside an archive
   kubectl sideload inspect app.tar -o json
 
+  # Which nodes hold exactly this archive's image, pinned or not, used by which pods
+  kubectl sideload status app.tar
+
+  # Load and protect from the kubelet's image GC; later give it back, or remove it
+  kubectl sideload app.tar --pin
+  kubectl sideload unpin app:v2
+  kubectl sideload rm app:v2 --dry-run
+
   # Remove helper pods left behind by an interrupted run
   kubectl sideload cleanup";
 
@@ -69,6 +77,13 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Delete helper pods and agent ConfigMaps left behind by interrupted runs
     Cleanup(CleanupArgs),
+    /// What each node holds of images: present, image ID, pinned, used by which pods; with
+    /// an archive, whether each node holds exactly its image. Changes nothing on the nodes
+    Status(StatusArgs),
+    /// Give images pinned with --pin back to the kubelet's image garbage collection
+    Unpin(UnpinArgs),
+    /// Remove images from the nodes' runtimes (kept where a pod uses them, unless --force)
+    Rm(RmArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell)
     Completion(CompletionArgs),
     /// Completion candidates for `kubectl sideload <TAB>`, in cobra's format; run by
@@ -136,8 +151,7 @@ pub struct LoadArgs {
     /// Protect the loaded image from the kubelet's image garbage collection: containerd
     /// 1.6.22, 1.7.3, 2.0 and later mark it pinned (CRI then reports it so); where the
     /// runtime cannot pin (CRI-O, older containerd) the report says so for that node.
-    /// There is no `unpin` command yet: on the node, `ctr -n k8s.io images label REF
-    /// io.cri-containerd.pinned=` gives the image back to GC
+    /// `kubectl sideload unpin REF` gives it back to GC
     #[arg(long)]
     pub pin: bool,
 
@@ -254,6 +268,90 @@ pub struct InspectArgs {
     /// Output format
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Image refs (app:v2, docker.io/library/app:v2) or image archives (a path to a file:
+    /// its refs, and whether each node holds exactly its image)
+    #[arg(value_name = "REF|ARCHIVE", required = true)]
+    pub images: Vec<String>,
+
+    #[command(flatten)]
+    pub on: NodeArgs,
+
+    /// Output format
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct UnpinArgs {
+    /// Image refs to unpin (app:v2, docker.io/library/app:v2)
+    #[arg(value_name = "REF", required = true)]
+    pub refs: Vec<String>,
+
+    #[command(flatten)]
+    pub on: NodeArgs,
+
+    /// Output format
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Image refs to remove (app:v2, docker.io/library/app:v2)
+    #[arg(value_name = "REF", required = true)]
+    pub refs: Vec<String>,
+
+    /// Remove a ref even where a pod on the node uses it (its running containers keep
+    /// going; a restart on that node then needs the image again)
+    #[arg(long)]
+    pub force: bool,
+
+    /// Say what would be removed, and what is kept because pods use it; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub on: NodeArgs,
+
+    /// Output format
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+/// Which nodes a command visits and how its helper pods run (`status`, `unpin`).
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Nodes to visit: `all` (default), or a comma-separated list of node names
+    #[arg(long, value_name = "all|NAME,…", conflicts_with = "selector")]
+    pub nodes: Option<String>,
+
+    /// Visit only the nodes matching this label selector
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+
+    /// Namespace the helper pods run in; it must allow privileged pods
+    #[arg(long, value_name = "NAMESPACE", default_value = "kube-system")]
+    pub helper_namespace: String,
+
+    /// Image the helper pods start from (default: one the node already holds)
+    #[arg(long, value_name = "IMAGE")]
+    pub helper_image: Option<String>,
+
+    /// The container runtime of every selected node, instead of what the nodes report
+    #[arg(long, value_enum, value_name = "RUNTIME")]
+    pub runtime: Option<RuntimeKind>,
+
+    /// The runtime's socket on every selected node
+    #[arg(long, value_name = "ENDPOINT")]
+    pub runtime_endpoint: Option<String>,
+
+    /// Give up on a node whose helper pod is not running after this long
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub helper_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -409,32 +507,40 @@ impl LoadArgs {
 
     /// Turns `--nodes`/`--selector` into one selection, rejecting empty names early.
     pub fn node_selection(&self) -> Result<NodeSelection, String> {
-        if let Some(selector) = &self.selector {
-            if selector.trim().is_empty() {
-                return Err("--selector is empty; pass a label selector such as pool=gpu".into());
-            }
-            return Ok(NodeSelection::Selector(selector.clone()));
-        }
-        let Some(nodes) = &self.nodes else {
-            return Ok(NodeSelection::All);
-        };
-        if nodes.trim() == "all" {
-            return Ok(NodeSelection::All);
-        }
-        let names: Vec<String> = nodes.split(',').map(|n| n.trim().to_string()).collect();
-        if names.iter().any(|n| n.is_empty()) {
-            return Err(format!(
-                "--nodes {nodes:?} has an empty name; pass `all` or names separated by commas"
-            ));
-        }
-        let mut unique = names.clone();
-        unique.sort();
-        unique.dedup();
-        if unique.len() != names.len() {
-            return Err(format!("--nodes {nodes:?} names a node twice"));
-        }
-        Ok(NodeSelection::Names(names))
+        node_selection(self.nodes.as_deref(), self.selector.as_deref())
     }
+}
+
+/// `--nodes`/`--selector` as one selection, empty names rejected early.
+pub fn node_selection(
+    nodes: Option<&str>,
+    selector: Option<&str>,
+) -> Result<NodeSelection, String> {
+    if let Some(selector) = selector {
+        if selector.trim().is_empty() {
+            return Err("--selector is empty; pass a label selector such as pool=gpu".into());
+        }
+        return Ok(NodeSelection::Selector(selector.to_string()));
+    }
+    let Some(nodes) = nodes else {
+        return Ok(NodeSelection::All);
+    };
+    if nodes.trim() == "all" {
+        return Ok(NodeSelection::All);
+    }
+    let names: Vec<String> = nodes.split(',').map(|n| n.trim().to_string()).collect();
+    if names.iter().any(|n| n.is_empty()) {
+        return Err(format!(
+            "--nodes {nodes:?} has an empty name; pass `all` or names separated by commas"
+        ));
+    }
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    if unique.len() != names.len() {
+        return Err(format!("--nodes {nodes:?} names a node twice"));
+    }
+    Ok(NodeSelection::Names(names))
 }
 
 #[cfg(test)]

@@ -872,7 +872,18 @@ mod tests {
     #[test]
     fn the_archive_is_a_file_and_subcommands_come_first() {
         let c = done(&[""]);
-        assert_eq!(values(&c), ["inspect", "cleanup", "completion", "help"]);
+        assert_eq!(
+            values(&c),
+            [
+                "inspect",
+                "cleanup",
+                "status",
+                "unpin",
+                "rm",
+                "completion",
+                "help"
+            ]
+        );
         assert_eq!(c.directive, directive::DEFAULT);
         let c = done(&["c"]);
         assert_eq!(values(&c), ["cleanup", "completion"]);

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use futures::StreamExt;
 use indicatif::ProgressBar;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -26,13 +26,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::Archive;
 use crate::cluster::agent::{Agent, Session};
-use crate::cluster::errors::{Permanent, is_permanent, is_transient, persist};
+use crate::cluster::errors::{is_permanent, is_transient, persist};
 use crate::cluster::exec::Output;
-use crate::cluster::helper::{self, HelperSpec, Started};
-use crate::cluster::nodes::NodeFacts;
 use crate::pin;
 use crate::plan::{Decision, NodePlan, Plan};
 use crate::progress::Progress;
+use crate::reach::{self, HelperPlan, Reach};
 use crate::runtime::{Inventory, Located, Wanted};
 use crate::transfer::{self, Transfer};
 
@@ -132,6 +131,19 @@ impl Run {
     fn stopped(&self, step: &str) -> anyhow::Error {
         let why = self.stopped_by.get().map_or("interrupted", String::as_str);
         anyhow!("{why} while {step}")
+    }
+
+    /// What starting and removing this run's helper pods needs.
+    fn reach<'a>(&'a self, pods: &'a Api<Pod>, plan: &'a Plan) -> Reach<'a> {
+        Reach {
+            client: &self.client,
+            pods,
+            namespace: &plan.helper_namespace,
+            run_id: &plan.run_id,
+            helper_timeout: self.helper_timeout,
+            cancel: &self.cancel,
+            stopped_by: &self.stopped_by,
+        }
     }
 }
 
@@ -239,7 +251,7 @@ async fn why_not_retry(run: &Run, nodes: &[&str]) -> BTreeMap<String, String> {
     let mut why = BTreeMap::new();
     for &name in nodes {
         let reason = match persist(API_COMEBACK, || api.get_opt(name)).await {
-            Ok(node) => match unusable(node.as_ref()) {
+            Ok(node) => match reach::unusable(node.as_ref()) {
                 Some(reason) => reason,
                 None => continue,
             },
@@ -254,32 +266,6 @@ async fn why_not_retry(run: &Run, nodes: &[&str]) -> BTreeMap<String, String> {
     }
     why
 }
-
-/// Why a node (as the API has it now) can start no helper pod, if it cannot.
-fn unusable(node: Option<&Node>) -> Option<String> {
-    match node {
-        Some(node) if NodeFacts::from_node(node).ready => None,
-        Some(_) => Some("the node went NotReady (its kubelet stopped reporting)".into()),
-        None => Some("the node was deleted".into()),
-    }
-}
-
-/// Resolves once the node cannot start a pod (NotReady or deleted), polling every few
-/// seconds: a helper pod waiting on a node whose kubelet is gone would otherwise wait out
-/// --helper-timeout. A failed read keeps polling.
-async fn node_lost(run: &Run, name: &str) -> String {
-    let api: Api<Node> = Api::all(run.client.clone());
-    loop {
-        tokio::time::sleep(NODE_POLL).await;
-        if let Ok(node) = api.get_opt(name).await
-            && let Some(why) = unusable(node.as_ref())
-        {
-            return why;
-        }
-    }
-}
-
-const NODE_POLL: Duration = Duration::from_secs(5);
 
 /// The wait before retry `n` (1, 2, …): 1 s, 2 s, 4 s, then 8 s. Short, because the faults
 /// retried are passing ones; long enough for a restarted kubelet or runtime to come back.
@@ -372,11 +358,24 @@ async fn prepare<'p>(
 ) -> Result<Ready<'p>, NodeResult> {
     let started = Instant::now();
     let name = node.node.name.as_str();
-    let wanted = match &node.decision {
+    let (wanted, helper) = match &node.decision {
         Decision::Skip { reason } | Decision::Refuse { reason } => {
             return Err(result(name, started, Status::Skipped, Some(reason.clone())));
         }
-        Decision::Load { wanted, .. } => wanted.as_ref(),
+        Decision::Load {
+            wanted,
+            candidates,
+            needs,
+            pod,
+            ..
+        } => (
+            wanted.as_ref(),
+            HelperPlan {
+                candidates,
+                needs: *needs,
+                first_pod: pod,
+            },
+        ),
     };
     let bar = run.progress.node_bar(name);
     let failed = |err: anyhow::Error, bar: &ProgressBar| {
@@ -385,7 +384,11 @@ async fn prepare<'p>(
         r.retryable = retryable(run, &err);
         r
     };
-    let (pod, pod_ip) = match start_helper(run, pods, plan, node, &bar, retry).await {
+    let running = run
+        .reach(pods, plan)
+        .start(&node.node, &helper, &bar, retry)
+        .await;
+    let (pod, pod_ip) = match running {
         Ok(p) => p,
         Err(err) => return Err(failed(err, &bar)),
     };
@@ -417,7 +420,7 @@ async fn prepare<'p>(
         Ok((session, located, inventory)) => {
             let pinned = pin_if_asked(run, &session, located.as_ref(), wanted, &bar).await;
             drop(session);
-            let removed = remove(pods, &pod, &bar).await;
+            let removed = reach::remove(pods, &pod, &bar).await;
             bar.finish_with_message("already present");
             let mut r = result(
                 name,
@@ -445,91 +448,10 @@ async fn prepare<'p>(
             Err(r)
         }
         Err(err) => {
-            let _ = remove(pods, &pod, &bar).await;
+            let _ = reach::remove(pods, &pod, &bar).await;
             Err(failed(err, &bar))
         }
     }
-}
-
-/// Starts the node's helper pod, trying the next candidate image while one cannot be
-/// used; returns the running pod's name and IP. A pod that did not run is deleted here.
-async fn start_helper(
-    run: &Run,
-    pods: &Api<Pod>,
-    plan: &Plan,
-    node: &NodePlan,
-    bar: &ProgressBar,
-    retry: u32,
-) -> Result<(String, Option<String>)> {
-    let Decision::Load {
-        candidates,
-        needs,
-        pod: first_pod,
-        ..
-    } = &node.decision
-    else {
-        unreachable!("only Load decisions start helpers");
-    };
-    let mut unusable = Vec::new();
-    for (attempt, candidate) in candidates.iter().enumerate() {
-        if run.cancel.is_cancelled() {
-            return Err(run.stopped("waiting to create its helper pod"));
-        }
-        let pod = if retry == 0 && attempt == 0 {
-            first_pod.as_ref().clone()
-        } else {
-            helper::pod(&HelperSpec {
-                node: &node.node.name,
-                namespace: &plan.helper_namespace,
-                run_id: &plan.run_id,
-                image: &candidate.image,
-                arch: &node.node.platform.architecture,
-                needs: *needs,
-                // Unique over retries too: a pod of an earlier attempt may still be going.
-                attempt: retry as usize * candidates.len() + attempt,
-            })
-        };
-        bar.set_message(format!("starting helper pod ({})", candidate.image));
-        // Not raced against `cancel`: once the API has the create, we must learn the pod's
-        // name to delete it.
-        let name = helper::create(pods, &pod, false).await?;
-        tracing::debug!(node = %node.node.name, pod = %name, image = %candidate.image, "helper pod created");
-        let started = tokio::select! {
-            started = helper::wait_running(pods, &name, run.helper_timeout) => started,
-            why = node_lost(run, &node.node.name) => Err(Permanent(format!("{why} before its helper pod {name} started")).into()),
-            () = run.cancel.cancelled() => Err(run.stopped("starting its helper pod")),
-        };
-        match started {
-            Ok(Started::Running(ip)) => {
-                tracing::debug!(node = %node.node.name, ?ip, "helper pod running");
-                return Ok((name, ip));
-            }
-            Ok(Started::ImageUnusable(why)) => {
-                tracing::debug!(node = %node.node.name, image = %candidate.image, %why, "helper image unusable, trying the next");
-                unusable.push(format!("{} ({why})", candidate.image));
-                remove(pods, &name, bar).await?;
-            }
-            Err(err) => {
-                let _ = remove(pods, &name, bar).await;
-                return Err(err);
-            }
-        }
-    }
-    Err(Permanent(format!(
-        "no image the helper could start from is on the node; tried: {}; pass --helper-image \
-         with an image present on the node",
-        unusable.join("; ")
-    ))
-    .into())
-}
-
-async fn remove(pods: &Api<Pod>, name: &str, bar: &ProgressBar) -> Result<()> {
-    bar.set_message("removing helper pod");
-    let removed = helper::delete(pods, name, Duration::from_secs(30)).await;
-    tracing::debug!(pod = %name, "helper pod deleted");
-    removed.with_context(|| {
-        format!("could not delete helper pod {name}; run `kubectl sideload cleanup`")
-    })
 }
 
 /// Where the runtime is and what the node holds of the image.
@@ -539,18 +461,7 @@ async fn look(
     wanted: &Wanted,
     bar: &ProgressBar,
 ) -> Result<(Box<dyn Located>, Inventory)> {
-    let adapter = node.node.runtime.adapter().map_err(|e| anyhow!(e))?;
-    let endpoint = node.node.runtime_endpoint.as_deref();
-    bar.set_message("finding the runtime");
-    let answer = agent
-        .query(&adapter.locate_query(endpoint), "locate")
-        .await?;
-    let mut located = adapter.locate(endpoint, &answer)?;
-    if let Some(query) = located.probe_query() {
-        let answer = agent.query(&query, "probe").await?;
-        located.configure(&answer)?;
-    }
-    tracing::debug!(node = %node.node.name, runtime = %located.describe(), "runtime located");
+    let located = reach::locate(agent, &node.node, bar).await?;
     let inventory = inventory(agent, located.as_ref(), wanted).await?;
     tracing::debug!(node = %node.node.name, missing = ?inventory.missing, present = inventory.layers_present.len(), "what the node lacks");
     Ok((located, inventory))
@@ -893,7 +804,7 @@ async fn finish(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, moved: Moved) -> Node
             Err(err)
         }
     };
-    let removed = remove(pods, &r.pod, &r.bar).await;
+    let removed = reach::remove(pods, &r.pod, &r.bar).await;
     match verified.and_then(|by| removed.map(|()| by)) {
         Ok(by) => {
             r.bar.finish_with_message("loaded");

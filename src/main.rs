@@ -11,10 +11,13 @@ mod model;
 mod pin;
 mod plan;
 mod progress;
+mod reach;
 mod report;
 mod runtime;
+mod status;
 mod transfer;
 mod version;
+mod visit;
 mod workload;
 
 use std::process::ExitCode;

@@ -183,62 +183,32 @@ pub fn decide(
     all: &[NodeFacts],
     opts: &Options<'_>,
 ) -> Decision {
-    // Not for this node, whatever the image: skipped in an implicit selection.
-    let unfit = |reason: String| {
-        if opts.named {
-            Decision::Refuse { reason }
-        } else {
-            Decision::Skip { reason }
-        }
-    };
-    if node.virtual_kubelet {
-        return unfit("virtual kubelet: it has no container runtime to load".into());
-    }
-    if !node.ready {
-        let reason = NOT_READY.to_string();
-        return if opts.skip_unready || !opts.named {
-            Decision::Skip { reason }
-        } else {
-            Decision::Refuse {
-                reason: format!("{reason}; fix the node or pass --skip-unready to load the others"),
-            }
-        };
-    }
-    if node.platform.os != "linux" {
-        return unfit(format!(
-            "{} node: only Linux nodes can be loaded",
-            node.platform.os
-        ));
-    }
-    let adapter = match node.runtime.adapter() {
+    let adapter = match fit(node, opts) {
         Ok(adapter) => adapter,
-        Err(reason) => return unfit(reason),
+        Err(left_out) => return left_out.into(),
     };
-    if let Err(reason) = agent::binary(&node.platform.architecture) {
-        return unfit(reason);
-    }
     let image = match archive.image_for(&node.platform) {
         Ok(image) => image,
         Err(err) => {
-            return unfit(format!(
-                "{err}; select matching nodes with -l kubernetes.io/arch={}",
-                archive
-                    .summary()
-                    .images
-                    .iter()
-                    .find(|i| i.complete)
-                    .map_or("…".to_string(), |i| i.platform.architecture.clone())
-            ));
+            return unfit(
+                opts,
+                format!(
+                    "{err}; select matching nodes with -l kubernetes.io/arch={}",
+                    archive
+                        .summary()
+                        .images
+                        .iter()
+                        .find(|i| i.complete)
+                        .map_or("…".to_string(), |i| i.platform.architecture.clone())
+                ),
+            )
+            .into();
         }
     };
-    let candidates = helper::candidates(opts.helper_image, node, all);
-    let Some(first) = candidates.first().cloned() else {
-        return Decision::Refuse {
-            reason: "no image is known to be on the node (it lists none, no pod runs there, and \
-                     no other node lists a pause image); pass --helper-image with any image \
-                     present on the node"
-                .into(),
-        };
+    let needs = adapter.needs();
+    let (candidates, pod) = match helper_pod(node, all, opts, needs) {
+        Ok(helper) => helper,
+        Err(left_out) => return left_out.into(),
     };
     let bytes = match archive.oci_len(image, &Default::default()) {
         Ok(bytes) => bytes,
@@ -248,16 +218,6 @@ pub fn decide(
             };
         }
     };
-    let needs = adapter.needs();
-    let pod = helper::pod(&HelperSpec {
-        node: &node.name,
-        namespace: opts.helper_namespace,
-        run_id: opts.run_id,
-        image: &first.image,
-        arch: &node.platform.architecture,
-        needs,
-        attempt: 0,
-    });
     let wanted = Wanted {
         refs: archive.summary().refs.clone(),
         target: archive.target_digest(image),
@@ -273,12 +233,109 @@ pub fn decide(
         digest: wanted.target.clone(),
         bytes,
         method: adapter.method(),
-        helper: first,
+        helper: candidates[0].clone(),
         candidates,
         needs,
         wanted: Box::new(wanted),
         pod: Box::new(pod),
     }
+}
+
+/// A node a helper can visit without an image to load (`status`, `rm`, `unpin`): the
+/// helper images to try and the pod for the first, or the decision that it is left out.
+pub fn visit(
+    node: &NodeFacts,
+    all: &[NodeFacts],
+    opts: &Options<'_>,
+) -> Result<(Vec<HelperImage>, Needs, Pod), LeftOut> {
+    let needs = fit(node, opts)?.needs();
+    let (candidates, pod) = helper_pod(node, all, opts, needs)?;
+    Ok((candidates, needs, pod))
+}
+
+/// A node left out of a run, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeftOut {
+    Skip(String),
+    Refuse(String),
+}
+
+impl From<LeftOut> for Decision {
+    fn from(left_out: LeftOut) -> Decision {
+        match left_out {
+            LeftOut::Skip(reason) => Decision::Skip { reason },
+            LeftOut::Refuse(reason) => Decision::Refuse { reason },
+        }
+    }
+}
+
+/// Left out: skipped in an implicit selection, refused when the user named the node.
+fn unfit(opts: &Options<'_>, reason: String) -> LeftOut {
+    if opts.named {
+        LeftOut::Refuse(reason)
+    } else {
+        LeftOut::Skip(reason)
+    }
+}
+
+/// Whatever the image: whether a helper can run on the node and drive its runtime.
+fn fit(node: &NodeFacts, opts: &Options<'_>) -> Result<Box<dyn crate::runtime::Adapter>, LeftOut> {
+    if node.virtual_kubelet {
+        return Err(unfit(
+            opts,
+            "virtual kubelet: it has no container runtime to load".into(),
+        ));
+    }
+    if !node.ready {
+        let reason = NOT_READY.to_string();
+        return Err(if opts.skip_unready || !opts.named {
+            LeftOut::Skip(reason)
+        } else {
+            LeftOut::Refuse(format!(
+                "{reason}; fix the node or pass --skip-unready to load the others"
+            ))
+        });
+    }
+    if node.platform.os != "linux" {
+        return Err(unfit(
+            opts,
+            format!("{} node: only Linux nodes can be loaded", node.platform.os),
+        ));
+    }
+    let adapter = node
+        .runtime
+        .adapter()
+        .map_err(|reason| unfit(opts, reason))?;
+    agent::binary(&node.platform.architecture).map_err(|reason| unfit(opts, reason))?;
+    Ok(adapter)
+}
+
+/// The helper images to try on the node, and the pod for the first.
+fn helper_pod(
+    node: &NodeFacts,
+    all: &[NodeFacts],
+    opts: &Options<'_>,
+    needs: Needs,
+) -> Result<(Vec<HelperImage>, Pod), LeftOut> {
+    let candidates = helper::candidates(opts.helper_image, node, all);
+    let Some(first) = candidates.first() else {
+        return Err(LeftOut::Refuse(
+            "no image is known to be on the node (it lists none, no pod runs there, and no \
+             other node lists a pause image); pass --helper-image with any image present on \
+             the node"
+                .into(),
+        ));
+    };
+    let pod = helper::pod(&HelperSpec {
+        node: &node.name,
+        namespace: opts.helper_namespace,
+        run_id: opts.run_id,
+        image: &first.image,
+        arch: &node.platform.architecture,
+        needs,
+        attempt: 0,
+    });
+    Ok((candidates, pod))
 }
 
 #[cfg(test)]

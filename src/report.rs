@@ -205,7 +205,7 @@ pub fn plan_table(summary: &Summary, plan: &Plan) -> String {
     )
 }
 
-fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
     let mut widths = [0usize; N];
     for row in rows {
         for (i, cell) in row.iter().enumerate() {

@@ -7,7 +7,7 @@ mod util;
 use std::process::Stdio;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 use util::*;
@@ -1039,4 +1039,141 @@ async fn a_podman_localhost_name_is_warned_and_tag_imports_it_under_the_name_pod
         run_pod_on(&client, &namespace.name, node, &short).await;
         node_remove_image(node, &wanted);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_rm_say_per_node_what_it_holds_which_pods_use_it_and_keep_those() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let namespace = TestNamespace::new(&client, "sl-status").await;
+    let ns = namespace.name.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("sideload.test/status:{}", unique("v"));
+    let tar = dir.path().join("status.tar");
+    make_image(&reference, &tar, &["--layers", "1", "--layer-mib", "1"]);
+    let t = tar.to_str().unwrap();
+    let out = sideload(&[
+        t,
+        "--nodes",
+        &format!("node-a,{CRIO_NODE}"),
+        "--helper-namespace",
+        ns,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A pod on node-a runs it; none on the CRI-O node; node-b never got it.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "user"},
+        "spec": {
+            "nodeName": "node-a",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "app", "image": reference, "imagePullPolicy": "Never"}],
+        }
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    for waited in 0.. {
+        let phase = pods.get("user").await.unwrap().status.and_then(|s| s.phase);
+        if phase.as_deref() == Some("Running") {
+            break;
+        }
+        assert!(waited < 120, "the pod never ran: {phase:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let nodes = format!("node-a,node-b,{CRIO_NODE}");
+    let out = sideload(&[
+        "status",
+        t,
+        "--nodes",
+        &nodes,
+        "--helper-namespace",
+        ns,
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_out(&out);
+    let image = |node: &str| node_row(&report, node)["images"][0].clone();
+    let config = config_of(&tar);
+    let a = image("node-a");
+    assert_eq!(a["present"], true, "{a}");
+    assert_eq!(a["matches_archive"], true, "{a}");
+    assert_eq!(a["id"], config.as_str(), "{a}");
+    assert_eq!(a["used_by"], json!([format!("{ns}/user")]), "{a}");
+    let b = image("node-b");
+    assert_eq!(b["present"], false, "{b}");
+    assert_eq!(b["matches_archive"], false, "{b}");
+    let d = image(CRIO_NODE);
+    assert_eq!(d["present"], true, "{d}");
+    assert_eq!(d["matches_archive"], true, "{d}");
+    assert_eq!(d["used_by"], json!([]), "{d}");
+    // By ref, as a table: one row per node, no archive needed.
+    let out = sideload(&[
+        "status",
+        &reference,
+        "--nodes",
+        &nodes,
+        "--helper-namespace",
+        ns,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let row = |node: &str| {
+        text.lines()
+            .find(|l| l.starts_with(node))
+            .unwrap_or_else(|| panic!("no row for {node}:\n{text}"))
+            .to_string()
+    };
+    assert!(row("node-a").contains(&format!("{ns}/user")), "{text}");
+    assert!(row("node-b").contains(" no "), "{text}");
+    // A status changes nothing and leaves nothing.
+    assert!(helper_pods(&client, ns).await.is_empty());
+
+    // rm: a dry run first; an image a pod uses stays unless --force.
+    let rm = |extra: &[&str]| {
+        let mut args = vec![
+            "rm",
+            reference.as_str(),
+            "--helper-namespace",
+            ns,
+            "-o",
+            "json",
+        ];
+        args.extend(extra);
+        sideload(&args)
+    };
+    let action = |out: &std::process::Output, node: &str| {
+        node_row(&json_out(out), node)["images"][0]["action"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let dry = rm(&["--nodes", &nodes, "--dry-run"]);
+    assert_eq!(dry.status.code(), Some(1), "{}", stderr(&dry));
+    assert!(action(&dry, "node-a").starts_with(&format!("kept: used by {ns}/user")));
+    assert_eq!(action(&dry, "node-b"), "not on the node");
+    assert_eq!(action(&dry, CRIO_NODE), "would be removed (dry run)");
+    for node in ["node-a", CRIO_NODE] {
+        assert!(
+            node_images(node).contains(&reference),
+            "{node}: the dry run removed it"
+        );
+    }
+    let out = rm(&["--nodes", &format!("node-a,{CRIO_NODE}")]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(action(&out, CRIO_NODE), "removed");
+    assert!(!node_images(CRIO_NODE).contains(&reference));
+    assert!(
+        node_images("node-a").contains(&reference),
+        "kept: a pod uses it"
+    );
+    let out = rm(&["--nodes", "node-a", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(action(&out, "node-a"), "removed");
+    assert!(!node_images("node-a").contains(&reference));
+    assert!(helper_pods(&client, ns).await.is_empty());
+    let _ = pods
+        .delete("user", &DeleteParams::default().grace_period(0))
+        .await;
 }

@@ -117,6 +117,47 @@ async fn pin_is_set_where_the_runtime_honours_it_and_reported_where_it_cannot() 
     );
     assert_eq!(cri_pinned("node-c", &later), Some(true));
 
+    // unpin gives them back to GC where pinned; says why not elsewhere.
+    let out = sideload(&[
+        "unpin",
+        &reference,
+        "--nodes",
+        "node-a,node-c,node-e",
+        "--helper-namespace",
+        &namespace.name,
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_out(&out);
+    for node in ["node-c", "node-e"] {
+        let image = &node_row(&report, node)["images"][0];
+        assert_eq!(image["action"], "unpinned", "{image}");
+        assert_eq!(cri_pinned(node, &reference), Some(false), "{node}");
+    }
+    let old = &node_row(&report, "node-a")["images"][0];
+    assert!(old["action"].as_str().unwrap().contains("1.6.22"), "{old}");
+    // status shows it: pinned where it still is, not where it was unpinned.
+    let out = sideload(&[
+        "status",
+        &later,
+        &reference,
+        "--nodes",
+        "node-c",
+        "--helper-namespace",
+        &namespace.name,
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_out(&out);
+    let images = node_row(&report, "node-c")["images"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(images[0]["pinned"], true, "{images:?}");
+    assert_eq!(images[1]["pinned"], false, "{images:?}");
+
     assert!(helper_pods(&client, &namespace.name).await.is_empty());
     for node in nodes {
         node_remove_image(node, &reference);

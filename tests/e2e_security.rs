@@ -458,6 +458,25 @@ async fn the_documented_roles_are_enough_for_load_dry_run_cleanup_and_completion
     assert!(dry.status.success(), "{}", stderr(&dry));
     let cleanup = limited(&["cleanup"]);
     assert!(cleanup.status.success(), "{}", stderr(&cleanup));
+    // status and an rm dry run need nothing more than a load.
+    for args in [
+        vec!["status", t, "--nodes", "node-a", "-o", "json"],
+        vec!["rm", reference.as_str(), "--nodes", "node-a", "--dry-run"],
+    ] {
+        let out = limited(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("warning"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let status = json_out(&limited(&["status", t, "--nodes", "node-a", "-o", "json"]));
+    assert_eq!(
+        node_row(&status, "node-a")["images"][0]["matches_archive"],
+        true,
+        "{status}"
+    );
     for (words, expect) in [
         (vec!["x.tar", "--nodes", "node-"], "node-b"),
         (vec!["x.tar", "-n", "kube-"], "kube-system"),

@@ -462,6 +462,12 @@ impl super::Located for Located {
         self.crictl.as_ref().map(|c| c.inspect(refs))
     }
 
+    /// `ctr images rm` removes only this name (CRI's RemoveImage would remove every name
+    /// of the image); containerd's GC then drops content nothing references.
+    fn remove_ref(&self, reference: &str) -> Option<Command> {
+        super::Located::remove_images(self, &[reference.to_string()])
+    }
+
     fn import(&self, wanted: &Wanted, bytes: u64) -> Run {
         let platform = wanted.platform.to_string();
         let mut args = vec![

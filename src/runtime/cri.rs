@@ -49,6 +49,11 @@ impl Crictl {
         self.command(&["info"])
     }
 
+    /// `crictl rmi REF`.
+    pub fn remove(&self, reference: &str) -> Command {
+        self.command(&["rmi", reference])
+    }
+
     /// `crictl inspecti -o json REF`, one per ref (a missing ref fails its own command only).
     pub fn inspect(&self, refs: &[String]) -> Vec<Command> {
         refs.iter()
@@ -74,21 +79,39 @@ struct ImageStatus {
     pinned: bool,
 }
 
-/// Reads the answers to [`Crictl::inspect`]: the refs CRI does not report pinned (missing
-/// ones included), in order; empty when every one is.
-pub fn unpinned(refs: &[String], results: &[CommandResult]) -> Vec<String> {
-    refs.iter()
-        .enumerate()
-        .filter(|(i, _)| {
-            !results.get(*i).is_some_and(|r| {
-                r.exit_code == 0
-                    && serde_json::from_str::<Inspect>(&r.stdout)
-                        .ok()
-                        .and_then(|i| i.status)
-                        .is_some_and(|s| s.pinned)
+/// An image as CRI reports it, i.e. as the kubelet sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CriImage {
+    /// The image ID: the config digest.
+    pub id: String,
+    pub repo_tags: Vec<String>,
+    /// Never garbage-collected by the kubelet.
+    pub pinned: bool,
+}
+
+/// Reads the answers to [`Crictl::inspect`], one per ref: what CRI reports, or `None`
+/// where it does not list the ref (or the answer is missing or unreadable).
+pub fn inspected(refs: &[String], results: &[CommandResult]) -> Vec<Option<CriImage>> {
+    (0..refs.len())
+        .map(|i| {
+            let r = results.get(i).filter(|r| r.exit_code == 0)?;
+            let status = serde_json::from_str::<Inspect>(&r.stdout).ok()?.status?;
+            Some(CriImage {
+                id: status.id,
+                repo_tags: status.repo_tags,
+                pinned: status.pinned,
             })
         })
-        .map(|(_, r)| r.clone())
+        .collect()
+}
+
+/// The refs CRI does not report pinned (missing ones included), in order; empty when
+/// every one is.
+pub fn unpinned(refs: &[String], results: &[CommandResult]) -> Vec<String> {
+    refs.iter()
+        .zip(inspected(refs, results))
+        .filter(|(_, image)| !image.as_ref().is_some_and(|i| i.pinned))
+        .map(|(r, _)| r.clone())
         .collect()
 }
 

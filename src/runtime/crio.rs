@@ -410,6 +410,11 @@ impl super::Located for Located {
         self.crictl.as_ref().map(|c| c.inspect(refs))
     }
 
+    /// Through CRI (`crictl rmi`): CRI-O removes the name, and the image with its last one.
+    fn remove_ref(&self, reference: &str) -> Option<Command> {
+        self.crictl.as_ref().map(|c| c.remove(reference))
+    }
+
     fn inventory_query(&self, wanted: &Wanted) -> Query {
         Query {
             files: vec![self.storage.images_json(), self.storage.layers_json()],

@@ -204,9 +204,12 @@ pub trait Located: Send + Sync + fmt::Debug {
     /// (`pinned`) or give them back to it, or why this runtime cannot do that: then nothing
     /// runs and the report says so, never that the image is pinned.
     fn pin(&self, refs: &[String], pinned: bool) -> Result<Vec<Command>, String>;
-    /// Host commands asking CRI which of `refs` it reports pinned, read by
-    /// [`cri::pinned`]; `None` where the node has no crictl.
+    /// Host commands asking CRI about each of `refs` (`crictl inspecti`), read by
+    /// [`cri::inspected`]; `None` where the node has no crictl.
     fn pinned_query(&self, refs: &[String]) -> Option<Vec<Command>>;
+    /// A host command removing the name `reference` from the runtime (`rm`): the image
+    /// goes with its last name, its layers when nothing else uses them.
+    fn remove_ref(&self, reference: &str) -> Option<Command>;
 }
 
 /// A lenient dotted version: `1.7.22`, `v2.0.0-rc.1`, `1.6.20~ds1` → (major, minor, patch).

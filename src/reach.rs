@@ -1,0 +1,170 @@
+//! Reaching a node: its helper pod started (the candidate images in turn, raced against the
+//! node going away and the run stopping), its runtime located through the agent, and the
+//! pod removed again. Shared by a load (load.rs) and by the commands that only look at or
+//! make small changes to what nodes hold (visit.rs).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use indicatif::ProgressBar;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::Api;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::agent::Session;
+use crate::cluster::errors::Permanent;
+use crate::cluster::helper::{self, HelperImage, HelperSpec, Needs, Started};
+use crate::cluster::nodes::NodeFacts;
+use crate::runtime::Located;
+
+/// How often a node whose helper pod is starting is looked at again.
+const NODE_POLL: Duration = Duration::from_secs(5);
+
+/// What starting and removing helper pods needs of the run.
+pub struct Reach<'a> {
+    pub client: &'a kube::Client,
+    pub pods: &'a Api<Pod>,
+    pub namespace: &'a str,
+    pub run_id: &'a str,
+    pub helper_timeout: Duration,
+    /// Cancelled when the run stops: a pod still starting is deleted at once.
+    pub cancel: &'a CancellationToken,
+    /// Why the run was stopped ("interrupt", "--timeout 5m passed"), once it was.
+    pub stopped_by: &'a OnceLock<String>,
+}
+
+/// How a node's helper pod is started: the images to try, in order, what the pod needs
+/// of the node, and the pod for the first image (built when the run was planned).
+pub struct HelperPlan<'a> {
+    pub candidates: &'a [HelperImage],
+    pub needs: Needs,
+    pub first_pod: &'a Pod,
+}
+
+impl Reach<'_> {
+    /// The error of a node cancelled during `step`: names the reason and the step.
+    pub fn stopped(&self, step: &str) -> anyhow::Error {
+        let why = self.stopped_by.get().map_or("interrupted", String::as_str);
+        anyhow!("{why} while {step}")
+    }
+
+    /// Starts the node's helper pod, trying the next candidate image while one cannot be
+    /// used; returns the running pod's name and IP. A pod that did not run is deleted here.
+    /// `retry` (0 for a first attempt) keeps pod names unique over attempts.
+    pub async fn start(
+        &self,
+        node: &NodeFacts,
+        plan: &HelperPlan<'_>,
+        bar: &ProgressBar,
+        retry: u32,
+    ) -> Result<(String, Option<String>)> {
+        let mut unusable = Vec::new();
+        for (attempt, candidate) in plan.candidates.iter().enumerate() {
+            if self.cancel.is_cancelled() {
+                return Err(self.stopped("waiting to create its helper pod"));
+            }
+            let pod = if retry == 0 && attempt == 0 {
+                plan.first_pod.clone()
+            } else {
+                helper::pod(&HelperSpec {
+                    node: &node.name,
+                    namespace: self.namespace,
+                    run_id: self.run_id,
+                    image: &candidate.image,
+                    arch: &node.platform.architecture,
+                    needs: plan.needs,
+                    // Unique over retries too: a pod of an earlier attempt may still be going.
+                    attempt: retry as usize * plan.candidates.len() + attempt,
+                })
+            };
+            bar.set_message(format!("starting helper pod ({})", candidate.image));
+            // Not raced against `cancel`: once the API has the create, we must learn the
+            // pod's name to delete it.
+            let name = helper::create(self.pods, &pod, false).await?;
+            tracing::debug!(node = %node.name, pod = %name, image = %candidate.image, "helper pod created");
+            let started = tokio::select! {
+                started = helper::wait_running(self.pods, &name, self.helper_timeout) => started,
+                why = node_lost(self.client, &node.name) => Err(Permanent(format!("{why} before its helper pod {name} started")).into()),
+                () = self.cancel.cancelled() => Err(self.stopped("starting its helper pod")),
+            };
+            match started {
+                Ok(Started::Running(ip)) => {
+                    tracing::debug!(node = %node.name, ?ip, "helper pod running");
+                    return Ok((name, ip));
+                }
+                Ok(Started::ImageUnusable(why)) => {
+                    tracing::debug!(node = %node.name, image = %candidate.image, %why, "helper image unusable, trying the next");
+                    unusable.push(format!("{} ({why})", candidate.image));
+                    remove(self.pods, &name, bar).await?;
+                }
+                Err(err) => {
+                    let _ = remove(self.pods, &name, bar).await;
+                    return Err(err);
+                }
+            }
+        }
+        Err(Permanent(format!(
+            "no image the helper could start from is on the node; tried: {}; pass \
+             --helper-image with an image present on the node",
+            unusable.join("; ")
+        ))
+        .into())
+    }
+}
+
+/// Deletes a helper pod, waiting a little for it to go.
+pub async fn remove(pods: &Api<Pod>, name: &str, bar: &ProgressBar) -> Result<()> {
+    bar.set_message("removing helper pod");
+    let removed = helper::delete(pods, name, Duration::from_secs(30)).await;
+    tracing::debug!(pod = %name, "helper pod deleted");
+    removed.with_context(|| {
+        format!("could not delete helper pod {name}; run `kubectl sideload cleanup`")
+    })
+}
+
+/// Where the node's runtime is, asked in the agent's session: its socket, its tools and,
+/// if the adapter needs a second look, their versions and configuration.
+pub async fn locate(
+    agent: &Session,
+    node: &NodeFacts,
+    bar: &ProgressBar,
+) -> Result<Box<dyn Located>> {
+    let adapter = node.runtime.adapter().map_err(|e| anyhow!(e))?;
+    let endpoint = node.runtime_endpoint.as_deref();
+    bar.set_message("finding the runtime");
+    let answer = agent
+        .query(&adapter.locate_query(endpoint), "locate")
+        .await?;
+    let mut located = adapter.locate(endpoint, &answer)?;
+    if let Some(query) = located.probe_query() {
+        let answer = agent.query(&query, "probe").await?;
+        located.configure(&answer)?;
+    }
+    tracing::debug!(node = %node.name, runtime = %located.describe(), "runtime located");
+    Ok(located)
+}
+
+/// Why a node (as the API has it now) can start no helper pod, if it cannot.
+pub fn unusable(node: Option<&Node>) -> Option<String> {
+    match node {
+        Some(node) if NodeFacts::from_node(node).ready => None,
+        Some(_) => Some("the node went NotReady (its kubelet stopped reporting)".into()),
+        None => Some("the node was deleted".into()),
+    }
+}
+
+/// Resolves once the node cannot start a pod (NotReady or deleted), polling every few
+/// seconds: a helper pod waiting on a node whose kubelet is gone would otherwise wait out
+/// --helper-timeout. A failed read keeps polling.
+async fn node_lost(client: &kube::Client, name: &str) -> String {
+    let api: Api<Node> = Api::all(client.clone());
+    loop {
+        tokio::time::sleep(NODE_POLL).await;
+        if let Ok(node) = api.get_opt(name).await
+            && let Some(why) = unusable(node.as_ref())
+        {
+            return why;
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The `status`, `unpin` and `rm` commands: arguments → the nodes and what to ask of them → one
+//! visit of every node (visit.rs) inside the run's lifecycle (its Lease, the agent's
+//! ConfigMaps, every helper removed also on a signal) → a table or JSON.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::Api;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{Signals, open_archive, print_stdout, run_id};
+use crate::archive::reference;
+use crate::cli::{self, NodeArgs, Output, RmArgs, StatusArgs, UnpinArgs};
+use crate::cluster::helper::{self, Runs};
+use crate::cluster::lease::Heartbeat;
+use crate::cluster::nodes::{self, NodeFacts};
+use crate::cluster::{agent, client};
+use crate::model::NodeSelection;
+use crate::plan::{self, Decision, LeftOut};
+use crate::progress::Progress;
+use crate::report::columns;
+use crate::visit::{self, Job, NodeRow, Target, Visit};
+
+pub async fn status(kube: &cli::KubeArgs, args: StatusArgs) -> Result<ExitCode> {
+    // Paths that exist are archives; anything else must be a ref.
+    let mut refs = Vec::new();
+    let mut archives = Vec::new();
+    for image in &args.images {
+        if std::path::Path::new(image).is_file() {
+            archives.push(Arc::new(open_archive(image).await?));
+        } else {
+            refs.push(normalized(image)?);
+        }
+    }
+    if archives.len() > 1 {
+        bail!("status takes one archive at a time; refs may be added beside it");
+    }
+    let archive = archives.pop();
+    if let Some(a) = &archive {
+        for r in a.summary().refs.iter().rev() {
+            if !refs.contains(r) {
+                refs.insert(0, r.clone());
+            }
+        }
+    }
+    let rows = visit_nodes(kube, &args.on, Job::Status { refs }, archive.as_deref()).await?;
+    print_stdout(&render(args.output, &rows, false)?);
+    Ok(exit(&rows))
+}
+
+pub async fn unpin(kube: &cli::KubeArgs, args: UnpinArgs) -> Result<ExitCode> {
+    let refs = args
+        .refs
+        .iter()
+        .map(|r| normalized(r))
+        .collect::<Result<Vec<_>>>()?;
+    let rows = visit_nodes(kube, &args.on, Job::Unpin { refs }, None).await?;
+    print_stdout(&render(args.output, &rows, true)?);
+    Ok(exit(&rows))
+}
+
+pub async fn remove(kube: &cli::KubeArgs, args: RmArgs) -> Result<ExitCode> {
+    let refs = args
+        .refs
+        .iter()
+        .map(|r| normalized(r))
+        .collect::<Result<Vec<_>>>()?;
+    let job = Job::Remove {
+        refs,
+        force: args.force,
+        dry_run: args.dry_run,
+    };
+    let rows = visit_nodes(kube, &args.on, job, None).await?;
+    print_stdout(&render(args.output, &rows, true)?);
+    let kept = rows
+        .iter()
+        .flat_map(|r| &r.images)
+        .any(|i| i.action.as_deref().is_some_and(|a| a.starts_with("kept")));
+    if kept {
+        eprintln!(
+            "error: images in use were kept (see the rows above); nothing else changed on those nodes"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(exit(&rows))
+}
+
+/// A ref as the kubelet names it (`app:v2` → `docker.io/library/app:v2`).
+fn normalized(image: &str) -> Result<String> {
+    reference::normalize(image).map_err(|e| {
+        anyhow!(
+            "{image:?} is neither a file nor an image reference ({e}); e.g. app:v2 or ./app.tar"
+        )
+    })
+}
+
+/// Failure when any selected node could not be asked.
+fn exit(rows: &[NodeRow]) -> ExitCode {
+    if rows.iter().any(|r| r.error.is_some()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Selects the nodes, then visits them within one run: its Lease (so another user's
+/// `cleanup` leaves it alone) and agent ConfigMaps first, everything of it removed last,
+/// also when a signal stops it.
+async fn visit_nodes(
+    kube: &cli::KubeArgs,
+    on: &NodeArgs,
+    job: Job,
+    archive: Option<&crate::archive::Archive>,
+) -> Result<Vec<NodeRow>> {
+    let selection =
+        cli::node_selection(on.nodes.as_deref(), on.selector.as_deref()).map_err(|e| anyhow!(e))?;
+    let named = matches!(selection, NodeSelection::Names(_));
+    let cluster = client::connect(kube).await?;
+    let all_nodes = nodes::list_all(&cluster.client).await?;
+    let chosen = nodes::select(&cluster.client, &all_nodes, &selection).await?;
+    let every: Vec<NodeFacts> = all_nodes.iter().map(NodeFacts::from_node).collect();
+    let run_id = run_id();
+    let opts = plan::Options {
+        helper_namespace: &on.helper_namespace,
+        helper_image: on.helper_image.as_deref(),
+        skip_unready: true,
+        run_id: &run_id,
+        named,
+        runtime: on.runtime,
+        runtime_endpoint: on.runtime_endpoint.as_deref(),
+    };
+    let targets: Vec<Target> = chosen
+        .into_iter()
+        .map(|mut node| {
+            if let Some(kind) = on.runtime {
+                node.runtime = node.runtime.overridden(kind, &node.kubelet_version);
+            }
+            if let Some(endpoint) = &on.runtime_endpoint {
+                node.runtime_endpoint = Some(endpoint.clone());
+            }
+            target(node, &every, &opts, archive)
+        })
+        .collect();
+    let mut archs: Vec<String> = targets
+        .iter()
+        .filter(|t| t.helper.is_ok())
+        .map(|t| t.node.platform.architecture.clone())
+        .collect();
+    archs.sort();
+    archs.dedup();
+
+    let visit = Visit {
+        client: &cluster.client,
+        namespace: &on.helper_namespace,
+        run_id: &run_id,
+        helper_timeout: on.helper_timeout,
+        cancel: CancellationToken::new(),
+        stopped_by: Default::default(),
+        progress: Progress::for_stderr(),
+    };
+    let mut signals = Signals::listen();
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), &on.helper_namespace);
+    let heartbeat = match Heartbeat::start(&leases, &run_id).await {
+        Ok(heartbeat) => Some(heartbeat),
+        Err(warning) => {
+            visit.progress.println(&format!("warning: {warning}"));
+            None
+        }
+    };
+    let configmaps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &on.helper_namespace);
+    let visiting = async {
+        agent::create_configmaps(&configmaps, &run_id, &archs, false).await?;
+        visit::each(&visit, &targets, &job).await
+    };
+    tokio::pin!(visiting);
+    let mut stopped = None;
+    let rows = tokio::select! {
+        rows = &mut visiting => rows,
+        (why, code) = signals.recv() => {
+            let _ = visit.stopped_by.set(why.to_string());
+            visit.cancel.cancel();
+            stopped = Some((why, code));
+            // Each node deletes the pod it created as it stops.
+            visiting.await
+        }
+    };
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &on.helper_namespace);
+    let swept = helper::sweep(&pods, Runs::One(&run_id), Duration::ZERO).await;
+    let removed = agent::delete_configmaps(&configmaps, Runs::One(&run_id)).await;
+    if let Some(heartbeat) = heartbeat {
+        heartbeat.stop().await;
+    }
+    for err in [swept.err(), removed.err()].into_iter().flatten() {
+        eprintln!(
+            "warning: {err:#}; run `kubectl sideload cleanup --helper-namespace {}`",
+            on.helper_namespace
+        );
+    }
+    if let Some((why, code)) = stopped {
+        eprintln!("{why}; stopped, no helper pod left behind");
+        std::process::exit(i32::from(code));
+    }
+    rows
+}
+
+/// How the node is visited: for an archive, as a load would plan it (so the node's own
+/// platform of the image is checked); otherwise any node a helper can run on.
+fn target(
+    node: NodeFacts,
+    every: &[NodeFacts],
+    opts: &plan::Options<'_>,
+    archive: Option<&crate::archive::Archive>,
+) -> Target {
+    match archive {
+        Some(archive) => match plan::decide(archive, &node, every, opts) {
+            Decision::Load {
+                candidates,
+                needs,
+                pod,
+                wanted,
+                ..
+            } => Target {
+                node,
+                helper: Ok((candidates, needs, *pod)),
+                wanted: Some(*wanted),
+            },
+            Decision::Skip { reason } => Target {
+                node,
+                helper: Err(LeftOut::Skip(reason)),
+                wanted: None,
+            },
+            Decision::Refuse { reason } => Target {
+                node,
+                helper: Err(LeftOut::Refuse(reason)),
+                wanted: None,
+            },
+        },
+        None => Target {
+            helper: plan::visit(&node, every, opts),
+            node,
+            wanted: None,
+        },
+    }
+}
+
+fn render(output: Output, rows: &[NodeRow], unpinning: bool) -> Result<String> {
+    Ok(match output {
+        Output::Json => serde_json::to_string_pretty(&serde_json::json!({ "nodes": rows }))?,
+        Output::Yaml => serde_yaml::to_string(&serde_json::json!({ "nodes": rows }))?,
+        Output::Table => table(rows, unpinning),
+    })
+}
+
+/// One row per node and ref.
+fn table(rows: &[NodeRow], unpinning: bool) -> String {
+    let mut out = vec![[
+        "NODE".to_string(),
+        "IMAGE".into(),
+        "PRESENT".into(),
+        "ID".into(),
+        "PINNED".into(),
+        "USED BY".into(),
+        "DETAIL".into(),
+    ]];
+    for node in rows {
+        if let Some(error) = node.error.as_ref().or(node.skipped.as_ref()) {
+            out.push([
+                node.name.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                error.clone(),
+            ]);
+            continue;
+        }
+        for image in &node.images {
+            let detail = if unpinning {
+                image.action.clone().unwrap_or_default()
+            } else {
+                match image.matches_archive {
+                    Some(true) => "the archive's image, complete".into(),
+                    Some(false) if image.problems.is_empty() => "not the archive's image".into(),
+                    Some(false) => image.problems.join("; "),
+                    None => String::new(),
+                }
+            };
+            out.push([
+                node.name.clone(),
+                image.reference.clone(),
+                if image.present { "yes" } else { "no" }.into(),
+                image
+                    .id
+                    .as_deref()
+                    .map(|id| id.trim_start_matches("sha256:").chars().take(12).collect())
+                    .unwrap_or_else(|| "-".into()),
+                if image.pinned { "yes" } else { "no" }.into(),
+                if image.used_by.is_empty() {
+                    "-".into()
+                } else {
+                    image.used_by.join(",")
+                },
+                detail,
+            ]);
+        }
+    }
+    columns(&out)
+}
