@@ -27,6 +27,7 @@ use crate::cluster::{agent, client, helper};
 use crate::load::{self, Status};
 use crate::plan::{self, Decision, Plan};
 use crate::progress::Progress;
+use crate::reach;
 use crate::report;
 use crate::workload;
 
@@ -272,21 +273,15 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
             };
         }
     };
-    // Every node task deleted its pods; a sweep by run label catches a delete the API server
-    // never took (it was down longer than a delete persists), before the Lease goes.
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &plan.helper_namespace);
-    let swept = helper::sweep(&pods, Runs::One(&plan.run_id), Duration::ZERO).await;
-    let removed = agent::delete_configmaps(&configmaps, Runs::One(&plan.run_id)).await;
-    if let Some(heartbeat) = heartbeat {
-        heartbeat.stop().await;
-    }
+    let left = reach::end_run(
+        &cluster.client,
+        &plan.helper_namespace,
+        &plan.run_id,
+        heartbeat,
+    )
+    .await;
     let results = executed?;
-    for err in [swept.err(), removed.err()].into_iter().flatten() {
-        eprintln!(
-            "warning: {err:#}; run `kubectl sideload cleanup --helper-namespace {}`",
-            plan.helper_namespace
-        );
-    }
+    reach::warn_left(&left, &plan.helper_namespace);
 
     let failed = results
         .iter()

@@ -129,8 +129,7 @@ impl Run {
 
     /// The error of a node cancelled during `step`: names the reason and the step.
     fn stopped(&self, step: &str) -> anyhow::Error {
-        let why = self.stopped_by.get().map_or("interrupted", String::as_str);
-        anyhow!("{why} while {step}")
+        reach::stopped(&self.stopped_by, step)
     }
 
     /// What starting and removing this run's helper pods needs.

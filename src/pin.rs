@@ -61,7 +61,7 @@ pub async fn apply(
             );
         }
     }
-    let Some(check) = located.pinned_query(refs) else {
+    let Some(check) = located.cri_inspect(refs) else {
         return Ok(Pin {
             done: true,
             note: "label set; not confirmed through CRI (no crictl on the node)".into(),

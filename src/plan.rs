@@ -74,6 +74,19 @@ pub struct Options<'a> {
     pub runtime_endpoint: Option<&'a str>,
 }
 
+impl Options<'_> {
+    /// `--runtime` and `--runtime-endpoint`: what the user said of every node's runtime,
+    /// over what the node reports.
+    pub fn override_runtime(&self, node: &mut NodeFacts) {
+        if let Some(kind) = self.runtime {
+            node.runtime = node.runtime.overridden(kind, &node.kubelet_version);
+        }
+        if let Some(endpoint) = self.runtime_endpoint {
+            node.runtime_endpoint = Some(endpoint.to_string());
+        }
+    }
+}
+
 impl Plan {
     /// Decides every node. `all` is every node of the cluster (for helper image
     /// candidates that other nodes list).
@@ -92,12 +105,7 @@ impl Plan {
         let planned = nodes
             .into_iter()
             .map(|mut node| {
-                if let Some(kind) = opts.runtime {
-                    node.runtime = node.runtime.overridden(kind, &node.kubelet_version);
-                }
-                if let Some(endpoint) = opts.runtime_endpoint {
-                    node.runtime_endpoint = Some(endpoint.to_string());
-                }
+                opts.override_runtime(&mut node);
                 let decision = decide(archive, &node, all, opts);
                 NodePlan { node, decision }
             })

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use indicatif::ProgressBar;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::Api;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::agent::Session;
+use crate::cluster::agent::{self, Session};
 use crate::cluster::errors::Permanent;
-use crate::cluster::helper::{self, HelperImage, HelperSpec, Needs, Started};
+use crate::cluster::helper::{self, HelperImage, HelperSpec, Needs, Runs, Started};
+use crate::cluster::lease::Heartbeat;
 use crate::cluster::nodes::NodeFacts;
 use crate::runtime::Located;
 
@@ -45,8 +46,7 @@ pub struct HelperPlan<'a> {
 impl Reach<'_> {
     /// The error of a node cancelled during `step`: names the reason and the step.
     pub fn stopped(&self, step: &str) -> anyhow::Error {
-        let why = self.stopped_by.get().map_or("interrupted", String::as_str);
-        anyhow!("{why} while {step}")
+        stopped(self.stopped_by, step)
     }
 
     /// Starts the node's helper pod, trying the next candidate image while one cannot be
@@ -113,6 +113,34 @@ impl Reach<'_> {
     }
 }
 
+/// The end of a run that finished (or unwound): every node task deleted its pods, and a
+/// sweep by run label catches a delete the API server never took (it was down longer than
+/// a delete persists); then the agent's ConfigMaps, then the Lease. Returns what failed.
+pub async fn end_run(
+    client: &kube::Client,
+    namespace: &str,
+    run_id: &str,
+    heartbeat: Option<Heartbeat>,
+) -> Vec<anyhow::Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let swept = helper::sweep(&pods, Runs::One(run_id), Duration::ZERO).await;
+    let removed = agent::delete_configmaps(&configmaps, Runs::One(run_id)).await;
+    if let Some(heartbeat) = heartbeat {
+        heartbeat.stop().await;
+    }
+    [swept.err(), removed.err()].into_iter().flatten().collect()
+}
+
+/// Warns of what [`end_run`] could not remove, naming the command that can.
+pub fn warn_left(errors: &[anyhow::Error], namespace: &str) {
+    for err in errors {
+        eprintln!(
+            "warning: {err:#}; run `kubectl sideload cleanup --helper-namespace {namespace}`"
+        );
+    }
+}
+
 /// Deletes a helper pod, waiting a little for it to go.
 pub async fn remove(pods: &Api<Pod>, name: &str, bar: &ProgressBar) -> Result<()> {
     bar.set_message("removing helper pod");
@@ -143,6 +171,12 @@ pub async fn locate(
     }
     tracing::debug!(node = %node.name, runtime = %located.describe(), "runtime located");
     Ok(located)
+}
+
+/// The error of a node cancelled during `step`: names why the run stopped and the step.
+pub fn stopped(stopped_by: &OnceLock<String>, step: &str) -> anyhow::Error {
+    let why = stopped_by.get().map_or("interrupted", String::as_str);
+    anyhow!("{why} while {step}")
 }
 
 /// Why a node (as the API has it now) can start no helper pod, if it cannot.

@@ -4,24 +4,23 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{Signals, open_archive, print_stdout, run_id};
 use crate::archive::reference;
 use crate::cli::{self, NodeArgs, Output, RmArgs, StatusArgs, UnpinArgs};
-use crate::cluster::helper::{self, Runs};
 use crate::cluster::lease::Heartbeat;
 use crate::cluster::nodes::{self, NodeFacts};
 use crate::cluster::{agent, client};
 use crate::model::NodeSelection;
 use crate::plan::{self, Decision, LeftOut};
 use crate::progress::Progress;
+use crate::reach;
 use crate::report::columns;
 use crate::visit::{self, Job, NodeRow, Target, Visit};
 
@@ -136,12 +135,7 @@ async fn visit_nodes(
     let targets: Vec<Target> = chosen
         .into_iter()
         .map(|mut node| {
-            if let Some(kind) = on.runtime {
-                node.runtime = node.runtime.overridden(kind, &node.kubelet_version);
-            }
-            if let Some(endpoint) = &on.runtime_endpoint {
-                node.runtime_endpoint = Some(endpoint.clone());
-            }
+            opts.override_runtime(&mut node);
             target(node, &every, &opts, archive)
         })
         .collect();
@@ -188,18 +182,8 @@ async fn visit_nodes(
             visiting.await
         }
     };
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &on.helper_namespace);
-    let swept = helper::sweep(&pods, Runs::One(&run_id), Duration::ZERO).await;
-    let removed = agent::delete_configmaps(&configmaps, Runs::One(&run_id)).await;
-    if let Some(heartbeat) = heartbeat {
-        heartbeat.stop().await;
-    }
-    for err in [swept.err(), removed.err()].into_iter().flatten() {
-        eprintln!(
-            "warning: {err:#}; run `kubectl sideload cleanup --helper-namespace {}`",
-            on.helper_namespace
-        );
-    }
+    let left = reach::end_run(&cluster.client, &on.helper_namespace, &run_id, heartbeat).await;
+    reach::warn_left(&left, &on.helper_namespace);
     if let Some((why, code)) = stopped {
         eprintln!("{why}; stopped, no helper pod left behind");
         std::process::exit(i32::from(code));

@@ -217,7 +217,7 @@ async fn on_node(
     used: &[PodImages],
 ) -> Result<Vec<ImageRow>> {
     let (Job::Status { refs } | Job::Unpin { refs } | Job::Remove { refs, .. }) = job;
-    let commands = located.pinned_query(refs).ok_or_else(|| {
+    let commands = located.cri_inspect(refs).ok_or_else(|| {
         anyhow!("the node has no crictl: status asks CRI, as the kubelet does, through crictl")
     })?;
     let answer = session
@@ -344,7 +344,7 @@ async fn remove(
     }
     // containerd's CRI learns of the removal from the runtime's events: a moment.
     let refs = std::slice::from_ref(&row.reference);
-    let check = located.pinned_query(refs).unwrap_or_default();
+    let check = located.cri_inspect(refs).unwrap_or_default();
     let mut gone = check.is_empty();
     for attempt in 0..10 {
         if gone {

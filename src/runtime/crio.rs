@@ -406,7 +406,7 @@ impl super::Located for Located {
         )
     }
 
-    fn pinned_query(&self, refs: &[String]) -> Option<Vec<Command>> {
+    fn cri_inspect(&self, refs: &[String]) -> Option<Vec<Command>> {
         self.crictl.as_ref().map(|c| c.inspect(refs))
     }
 

@@ -206,7 +206,7 @@ pub trait Located: Send + Sync + fmt::Debug {
     fn pin(&self, refs: &[String], pinned: bool) -> Result<Vec<Command>, String>;
     /// Host commands asking CRI about each of `refs` (`crictl inspecti`), read by
     /// [`cri::inspected`]; `None` where the node has no crictl.
-    fn pinned_query(&self, refs: &[String]) -> Option<Vec<Command>>;
+    fn cri_inspect(&self, refs: &[String]) -> Option<Vec<Command>>;
     /// A host command removing the name `reference` from the runtime (`rm`): the image
     /// goes with its last name, its layers when nothing else uses them.
     fn remove_ref(&self, reference: &str) -> Option<Command>;
