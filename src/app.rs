@@ -76,8 +76,21 @@ fn name_image(archive: &mut Archive, tags: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Opens the archive on a blocking thread: it is one sequential read of the whole file.
+/// Opens an archive that must hold one image (`inspect`, `status`).
 pub async fn open_archive(arg: &str) -> Result<Archive> {
+    Ok(Archive::one(open_images(arg).await?)?)
+}
+
+/// Opens an archive on a blocking thread: it is one sequential read of the whole file (or
+/// of what `docker save` / `podman save` writes, for `docker://` and `podman://`). One
+/// `Archive` per image the archive holds.
+pub async fn open_images(arg: &str) -> Result<Vec<Archive>> {
+    if let Some((engine, reference)) = crate::engine::Engine::parse(arg) {
+        let (reference, arg) = (reference.to_owned(), arg.to_owned());
+        return tokio::task::spawn_blocking(move || crate::engine::open(engine, &reference, &arg))
+            .await
+            .context("archive reader panicked")?;
+    }
     let source = if arg == "-" {
         if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
             bail!(
@@ -88,10 +101,53 @@ pub async fn open_archive(arg: &str) -> Result<Archive> {
     } else {
         Source::Path(arg.into())
     };
-    let archive = tokio::task::spawn_blocking(move || Archive::open(&source))
+    let images = tokio::task::spawn_blocking(move || Archive::open_all(&source))
         .await
         .context("archive reader panicked")??;
-    Ok(archive)
+    Ok(images)
+}
+
+/// The images a load reads: every image of every ARCHIVE argument, in order (an archive
+/// may hold several: `docker save a b`, `podman save -m`), named as `--tag` says. An image
+/// given twice (the same digest under the same names) is loaded once.
+async fn open_inputs(args: &LoadArgs) -> Result<Vec<Arc<Archive>>> {
+    let mut images: Vec<Archive> = Vec::new();
+    for arg in &args.archives {
+        for image in open_images(arg).await? {
+            let twice = images.iter().any(|i| {
+                i.summary().digest == image.summary().digest
+                    && i.summary().refs == image.summary().refs
+            });
+            if !twice {
+                images.push(image);
+            }
+        }
+    }
+    if images.len() > 1 && !args.tag.is_empty() {
+        bail!(
+            "--tag names one image, and this run loads {}: {}; load the image to rename on \
+             its own (`kubectl sideload ARCHIVE --tag …`)",
+            images.len(),
+            images
+                .iter()
+                .map(|i| describe_image(i.summary()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    for image in &mut images {
+        name_image(image, &args.tag)?;
+    }
+    Ok(images.into_iter().map(Arc::new).collect())
+}
+
+/// An image's names (or its digest, if it has none) for messages.
+fn describe_image(summary: &Summary) -> String {
+    if summary.refs.is_empty() {
+        format!("untagged {}", summary.digest)
+    } else {
+        summary.refs.join(", ")
+    }
 }
 
 async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
@@ -101,20 +157,14 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
     // Only names the user typed make an unfit node an error; "all", a selector or the
     // nodes DaemonSets run on skip it and load the rest.
     let named = matches!(selection, NodeSelection::Names(_));
-    let archive_arg = args
-        .archive
-        .clone()
-        .context("an archive path (or - for stdin) is required")?;
-    let mut archive = open_archive(&archive_arg).await?;
-    name_image(&mut archive, &args.tag)?;
-    let archive = Arc::new(archive);
-    let summary = archive.summary();
+    let images = open_inputs(&args).await?;
+    let summaries: Vec<&Summary> = images.iter().map(|i| i.summary()).collect();
 
     let cluster = client::connect(kube).await?;
     let all_nodes = nodes::list_all(&cluster.client).await?;
     // Workloads before pods: a missing workload or container fails with nothing changed,
     // and DaemonSets decide the default nodes.
-    let stage = workload_stage(&args, &cluster, summary, &archive_arg, &all_nodes).await?;
+    let stage = workload_stage(&args, &cluster, &summaries, &all_nodes).await?;
     if !args.nodes_chosen()
         && let Some(names) = stage.as_ref().and_then(workload::Stage::daemonset_nodes)
     {
@@ -129,22 +179,21 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
     let chosen = nodes::select(&cluster.client, &all_nodes, &selection).await?;
     let every: Vec<NodeFacts> = all_nodes.iter().map(NodeFacts::from_node).collect();
     let run_id = run_id();
-    let plan = Plan::build(
-        &archive,
-        chosen,
-        &every,
-        &plan::Options {
-            helper_namespace: &args.helper_namespace,
-            helper_image: args.helper_image.as_deref(),
-            skip_unready: args.skip_unready,
-            run_id: &run_id,
-            named,
-            runtime: args.runtime,
-            runtime_endpoint: args.runtime_endpoint.as_deref(),
-        },
-    )?;
-
-    let planned = loading(&plan);
+    let opts = plan::Options {
+        helper_namespace: &args.helper_namespace,
+        helper_image: args.helper_image.as_deref(),
+        skip_unready: args.skip_unready,
+        run_id: &run_id,
+        named,
+        runtime: args.runtime,
+        runtime_endpoint: args.runtime_endpoint.as_deref(),
+    };
+    // One plan per image, all whole before anything changes.
+    let plans = images
+        .iter()
+        .map(|image| Plan::build(image, chosen.clone(), &every, &opts))
+        .collect::<Result<Vec<Plan>>>()?;
+    let planned = loading_all(&plans);
     let placement = stage.as_ref().map(|s| s.check(&planned));
     if let Some(Ok(warnings)) = &placement {
         for warning in warnings {
@@ -159,79 +208,102 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         let workloads = stage.as_ref().map(|s| (s, placement_error));
         return dry_run(
             &cluster.client,
-            summary,
-            &plan,
+            &summaries,
+            &plans,
             workloads,
             mode,
             args.output,
         )
         .await;
     }
-    if let Some(refusals) = plan.refusals() {
-        bail!("nothing was changed; these nodes cannot be loaded:\n{refusals}");
-    }
-    if !plan.loads_any() && !plan.nodes.is_empty() && plan.skips_are_unfit() {
-        bail!(
-            "nothing was changed; no selected node can take this image:\n{}",
-            plan.skips()
-        );
+    for plan in &plans {
+        if let Some(refusals) = plan.refusals() {
+            bail!("nothing was changed; these nodes cannot be loaded:\n{refusals}");
+        }
+        if !plan.loads_any() && !plan.nodes.is_empty() && plan.skips_are_unfit() {
+            bail!(
+                "nothing was changed; no selected node can take this image:\n{}",
+                plan.skips()
+            );
+        }
     }
     if let Some(Err(err)) = placement {
         return Err(err);
     }
+    // Every plan has the run's id and helper namespace.
+    let helper_namespace = args.helper_namespace.as_str();
 
     let progress = Progress::for_stderr();
-    let run = load::Run {
-        client: cluster.client.clone(),
-        archive: Arc::clone(&archive),
-        force: args.force,
-        parallel: usize::from(args.parallel),
-        helper_timeout: args.helper_timeout,
-        retries: args.retries,
-        relay: args.relay == Relay::Auto,
-        compress: args.compress == Compress::Auto,
-        pipeline: args.pipeline == Pipeline::Auto,
-        pin: args.pin,
-        run_id: plan.run_id.clone(),
-        cancel: CancellationToken::new(),
-        stopped_by: Default::default(),
-        progress: progress.clone(),
-    };
-    let configmaps: Api<ConfigMap> =
-        Api::namespaced(cluster.client.clone(), &plan.helper_namespace);
+    let cancel = CancellationToken::new();
+    let stopped_by = Arc::new(std::sync::OnceLock::new());
+    let runs: Vec<load::Run> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| load::Run {
+            client: cluster.client.clone(),
+            archive: Arc::clone(image),
+            force: args.force,
+            parallel: usize::from(args.parallel),
+            helper_timeout: args.helper_timeout,
+            retries: args.retries,
+            relay: args.relay == Relay::Auto,
+            compress: args.compress == Compress::Auto,
+            pipeline: args.pipeline == Pipeline::Auto,
+            pin: args.pin,
+            run_id: run_id.clone(),
+            cancel: cancel.clone(),
+            stopped_by: Arc::clone(&stopped_by),
+            first_attempt: i as u32 * (args.retries + 1),
+            progress: progress.clone(),
+        })
+        .collect();
+    let configmaps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), helper_namespace);
     let mut signals = Signals::listen();
     // The run's heartbeat first: from now on `cleanup` run by anyone leaves this run alone.
-    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), &plan.helper_namespace);
-    let heartbeat = match Heartbeat::start(&leases, &plan.run_id).await {
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), helper_namespace);
+    let heartbeat = match Heartbeat::start(&leases, &run_id).await {
         Ok(heartbeat) => Some(heartbeat),
         Err(warning) => {
             progress.println(&format!("warning: {warning}"));
             None
         }
     };
+    let mut architectures: Vec<String> = plans.iter().flat_map(Plan::architectures).collect();
+    architectures.sort();
+    architectures.dedup();
+    // What has been loaded so far, one entry per image (the signal branch reports it).
+    let done: std::sync::Mutex<Vec<Vec<load::NodeResult>>> = Default::default();
     let execute = async {
         // The agent's ConfigMaps first: the helper pods mount them.
-        agent::create_configmaps(&configmaps, &plan.run_id, &plan.architectures(), false).await?;
-        Ok::<_, anyhow::Error>(load::execute(&run, &plan).await)
+        agent::create_configmaps(&configmaps, &run_id, &architectures, false).await?;
+        // One image after another: the next image's inventory finds the layers the one
+        // before brought, so a layer shared by two images crosses the wire once per node.
+        // Not stopped early on cancel: a cancelled execute creates nothing and gives each
+        // node its row naming the step, so the report has every node and image.
+        for (run, plan) in runs.iter().zip(&plans) {
+            let results = load::execute(run, plan).await;
+            done.lock().unwrap().push(results);
+        }
+        Ok::<_, anyhow::Error>(())
     };
     tokio::pin!(execute);
     let executed = tokio::select! {
-        results = &mut execute => results,
+        executed = &mut execute => executed,
         stop = stopping(&mut signals, &deadline) => {
             progress.println(&format!(
                 "{}: stopping and deleting helper pods (interrupt to quit at once) …",
                 stop.why
             ));
-            run.stop(&stop.why);
+            runs[0].stop(&stop.why);
             // Every node task deletes the pod it created; then sweep by run label for any
             // delete that failed.
             let finished = tokio::select! {
-                results = &mut execute => Some(results),
+                executed = &mut execute => Some(executed),
                 _ = signals.recv() => None,
             };
             let unwound = finished.is_some();
-            let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &plan.helper_namespace);
-            let run = Runs::One(&plan.run_id);
+            let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), helper_namespace);
+            let run = Runs::One(&run_id);
             if unwound {
                 let _ = helper::sweep(&pods, run, Duration::ZERO).await;
                 let _ = agent::delete_configmaps(&configmaps, run).await;
@@ -250,8 +322,9 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
                     .map(|c| format!("configmap/{c}")),
             );
             // The rows of a run out of time say which step each node was in.
-            if let (None, Some(Ok(results))) = (stop.code, &finished) {
-                print_stdout(&render(args.output, &plan.run_id, summary, results, &[]));
+            if let (None, Some(Ok(()))) = (stop.code, &finished) {
+                let done = std::mem::take(&mut *done.lock().unwrap());
+                print_stdout(&render(args.output, &run_id, &summaries, &done, &[]));
             }
             let ended = if stop.code.is_some() { "interrupted" } else { "stopped" };
             if left.is_empty() {
@@ -261,7 +334,7 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
                     "{ended}; helper objects remain: {}\nrun `kubectl sideload cleanup \
                      --helper-namespace {}`",
                     left.join(", "),
-                    plan.helper_namespace
+                    helper_namespace
                 );
             }
             return match stop.code {
@@ -273,32 +346,20 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
             };
         }
     };
-    let left = reach::end_run(
-        &cluster.client,
-        &plan.helper_namespace,
-        &plan.run_id,
-        heartbeat,
-    )
-    .await;
-    let results = executed?;
-    reach::warn_left(&left, &plan.helper_namespace);
+    let left = reach::end_run(&cluster.client, helper_namespace, &run_id, heartbeat).await;
+    executed?;
+    let results = std::mem::take(&mut *done.lock().unwrap());
+    reach::warn_left(&left, helper_namespace);
 
     let failed = results
         .iter()
+        .flatten()
         .filter(|r| r.status == Status::Failed)
         .count();
     let mut workload_results = Vec::new();
     if let Some(stage) = stage {
-        // Nodes that hold the image now: loaded, or found already there.
-        let covered: BTreeSet<String> = plan
-            .nodes
-            .iter()
-            .zip(&results)
-            .filter(|(n, r)| {
-                matches!(n.decision, Decision::Load { .. }) && r.status != Status::Failed
-            })
-            .map(|(_, r)| r.name.clone())
-            .collect();
+        // Nodes that hold every image now: loaded, or found already there.
+        let covered = covered_by_all(&plans, &results);
         // Plain lines: the load bars are finished, and redrawing them (MultiProgress::println)
         // around the prompt would garble it.
         let say = |line: &str| eprintln!("{line}");
@@ -324,8 +385,8 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
 
     print_stdout(&render(
         args.output,
-        &plan.run_id,
-        summary,
+        &run_id,
+        &summaries,
         &results,
         &workload_results,
     ));
@@ -334,7 +395,12 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         .filter(|w| w.error.is_some())
         .count();
     if failed > 0 {
-        eprintln!("error: {failed} of {} node(s) failed", results.len());
+        let rows: usize = results.iter().map(Vec::len).sum();
+        if results.len() > 1 {
+            eprintln!("error: {failed} of {rows} node and image row(s) failed");
+        } else {
+            eprintln!("error: {failed} of {rows} node(s) failed");
+        }
     }
     if workloads_failed > 0 {
         eprintln!(
@@ -348,25 +414,54 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The nodes that hold every image of the run now (each loaded there, or found already
+/// there): the ones a workload's pods can run on.
+fn covered_by_all(plans: &[Plan], results: &[Vec<load::NodeResult>]) -> BTreeSet<String> {
+    let mut covered: Option<BTreeSet<String>> = None;
+    for (plan, results) in plans.iter().zip(results) {
+        let here: BTreeSet<String> = plan
+            .nodes
+            .iter()
+            .zip(results)
+            .filter(|(n, r)| {
+                matches!(n.decision, Decision::Load { .. }) && r.status != Status::Failed
+            })
+            .map(|(_, r)| r.name.clone())
+            .collect();
+        covered = Some(match covered {
+            None => here,
+            Some(before) => before.intersection(&here).cloned().collect(),
+        });
+    }
+    covered.unwrap_or_default()
+}
+
 /// The run's report in the format asked for.
 fn render(
     output: Output,
     run: &str,
-    summary: &Summary,
-    results: &[load::NodeResult],
+    summaries: &[&Summary],
+    results: &[Vec<load::NodeResult>],
     workloads: &[workload::WorkloadResult],
 ) -> String {
+    // One entry per image of the run, whatever was reached: the document's shape follows
+    // the command line, not how far the run got.
+    let images: Vec<(&Summary, &[load::NodeResult])> = summaries
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (*s, results.get(i).map_or(&[][..], Vec::as_slice)))
+        .collect();
     match output {
-        Output::Json => report::json(run, summary, results, workloads),
+        Output::Json => report::json(run, &images, workloads),
         // The same document as -o json, in YAML: one schema for scripts either way.
         Output::Yaml => {
-            let json = report::json(run, summary, results, workloads);
+            let json = report::json(run, &images, workloads);
             serde_json::from_str::<serde_json::Value>(&json)
                 .ok()
                 .and_then(|v| serde_yaml::to_string(&v).ok())
                 .unwrap_or(json)
         }
-        Output::Table => report::table(summary, results, workloads),
+        Output::Table => report::table(&images, workloads),
     }
 }
 
@@ -418,6 +513,19 @@ async fn stopping(signals: &mut Signals, deadline: &Deadline) -> Stop {
     }
 }
 
+/// The nodes every plan will load (the `Load` decisions all plans share).
+fn loading_all(plans: &[Plan]) -> BTreeSet<String> {
+    let mut all: Option<BTreeSet<String>> = None;
+    for plan in plans {
+        let here = loading(plan);
+        all = Some(match all {
+            None => here,
+            Some(before) => before.intersection(&here).cloned().collect(),
+        });
+    }
+    all.unwrap_or_default()
+}
+
 /// The nodes the plan will load (its `Load` decisions).
 fn loading(plan: &Plan) -> BTreeSet<String> {
     plan.nodes
@@ -428,55 +536,70 @@ fn loading(plan: &Plan) -> BTreeSet<String> {
 }
 
 /// Resolves `--workload`s (reads only) and lists the nodes their placement is judged on.
+///
+/// With several images, each container gets the image of its repository, and the
+/// `--constrain` label stands for "holds every image of this run".
 async fn workload_stage(
     args: &LoadArgs,
     cluster: &client::Cluster,
-    summary: &Summary,
-    archive_arg: &str,
+    summaries: &[&Summary],
     all_nodes: &[Node],
 ) -> Result<Option<workload::Stage>> {
     if args.workload.is_empty() {
         return Ok(None);
     }
-    if summary.refs.is_empty() {
+    if let Some(unnamed) = summaries.iter().find(|s| s.refs.is_empty()) {
         bail!(
-            "the archive names no image, so there is no ref to set in --workload; save it \
-             with a tag, e.g. `docker save app:v2 -o app.tar`"
+            "the archive's image {} has no name, so there is no ref to set in --workload; \
+             save it with a tag, e.g. `docker save app:v2 -o app.tar`",
+            unnamed.digest
         );
     }
+    let refs: Vec<String> = summaries.iter().flat_map(|s| s.refs.clone()).collect();
     let workloads = workload::resolve(
         &cluster.client,
         &cluster.namespace,
         &args.workload,
-        &summary.refs,
+        &refs,
         &args.container,
         args.pull_policy,
     )
     .await?;
+    let digest = match summaries {
+        [one] => one.digest.clone(),
+        several => {
+            use sha2::Digest;
+            let joined: Vec<&str> = several.iter().map(|s| s.digest.as_str()).collect();
+            format!(
+                "sha256:{}",
+                hex::encode(sha2::Sha256::digest(joined.join("\n").as_bytes()))
+            )
+        }
+    };
     Ok(Some(workload::Stage {
         workloads,
         nodes: all_nodes.to_vec(),
-        label_key: workload::placement::label_key(&summary.digest),
+        label_key: workload::placement::label_key(&digest),
         opts: workload::Options {
             constrain: args.constrain,
             allow_partial: args.allow_partial,
             yes: args.yes,
             wait: args.wait,
             timeout: args.rollout_timeout,
-            archive: archive_arg.to_string(),
+            archive: args.archives.join(" "),
         },
     }))
 }
 
 async fn dry_run(
     client: &kube::Client,
-    summary: &Summary,
-    plan: &Plan,
+    summaries: &[&Summary],
+    plans: &[Plan],
     workloads: Option<(&workload::Stage, Option<String>)>,
     mode: DryRun,
     output: Output,
 ) -> Result<ExitCode> {
-    let planned = loading(plan);
+    let planned = loading_all(plans);
     let mut admission_errors = Vec::new();
     let mut patch_errors = Vec::new();
     if mode == DryRun::Server
@@ -484,15 +607,21 @@ async fn dry_run(
     {
         patch_errors = stage.server_dry_run(client).await;
     }
-    if mode == DryRun::Server {
-        let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &plan.helper_namespace);
+    if mode == DryRun::Server
+        && let Some(first) = plans.first()
+    {
+        let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &first.helper_namespace);
+        let mut architectures: Vec<String> = plans.iter().flat_map(Plan::architectures).collect();
+        architectures.sort();
+        architectures.dedup();
         if let Err(err) =
-            agent::create_configmaps(&configmaps, &plan.run_id, &plan.architectures(), true).await
+            agent::create_configmaps(&configmaps, &first.run_id, &architectures, true).await
         {
             admission_errors.push(format!("  the agent's ConfigMap: {err:#}"));
         }
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &plan.helper_namespace);
-        for pod in plan.pods() {
+        // The pods of one image stand for every image's: they differ only in their names.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &first.helper_namespace);
+        for pod in first.pods() {
             if let Err(err) = helper::create(&pods, pod, true).await {
                 let node = pod
                     .spec
@@ -506,7 +635,12 @@ async fn dry_run(
     let openshift = client::is_openshift(client).await;
     let text = match output {
         Output::Table => {
-            let mut text = report::plan_table(summary, plan);
+            let mut text = summaries
+                .iter()
+                .zip(plans)
+                .map(|(summary, plan)| report::plan_table(summary, plan))
+                .collect::<Vec<_>>()
+                .join("\n");
             if openshift {
                 text.push_str(
                     "OpenShift: the helper pods need the privileged SCC for the helper \
@@ -518,28 +652,50 @@ async fn dry_run(
             }
             text
         }
-        Output::Json => serde_json::to_string_pretty(&serde_json::json!({
-            "image": summary,
-            "openshift": openshift,
-            "plan": plan,
-            "workloads": workloads.as_ref().map(|(s, _)| s.dry_run_json(&planned)),
-        }))?,
-        Output::Yaml => plan
-            .pods()
+        Output::Json => {
+            let workloads = workloads.as_ref().map(|(s, _)| s.dry_run_json(&planned));
+            let doc = match (summaries, plans) {
+                ([summary], [plan]) => serde_json::json!({
+                    "image": summary,
+                    "openshift": openshift,
+                    "plan": plan,
+                    "workloads": workloads,
+                }),
+                _ => serde_json::json!({
+                    "images": summaries
+                        .iter()
+                        .zip(plans)
+                        .map(|(summary, plan)| serde_json::json!({"image": summary, "plan": plan}))
+                        .collect::<Vec<_>>(),
+                    "openshift": openshift,
+                    "workloads": workloads,
+                }),
+            };
+            serde_json::to_string_pretty(&doc)?
+        }
+        Output::Yaml => plans
             .iter()
+            .flat_map(Plan::pods)
             .map(|pod| serde_yaml::to_string(pod).map(|y| format!("---\n{y}")))
             .collect::<Result<String, _>>()?,
     };
     print_stdout(&text);
     let mut problems = Vec::new();
-    if let Some(refusals) = plan.refusals() {
-        problems.push(format!("these nodes cannot be loaded:\n{refusals}"));
-    }
-    if !plan.loads_any() && plan.skips_are_unfit() {
-        problems.push(format!(
-            "no selected node can take this image:\n{}",
-            plan.skips()
-        ));
+    for (summary, plan) in summaries.iter().zip(plans) {
+        let which = if plans.len() > 1 {
+            format!(" ({})", describe_image(summary))
+        } else {
+            String::new()
+        };
+        if let Some(refusals) = plan.refusals() {
+            problems.push(format!("these nodes cannot be loaded{which}:\n{refusals}"));
+        }
+        if !plan.loads_any() && plan.skips_are_unfit() {
+            problems.push(format!(
+                "no selected node can take this image{which}:\n{}",
+                plan.skips()
+            ));
+        }
     }
     if !admission_errors.is_empty() {
         problems.push(format!(
@@ -565,13 +721,20 @@ async fn dry_run(
     )
 }
 
+/// What an archive holds: one summary, or (for an archive of several images) a list.
 async fn inspect(args: InspectArgs) -> Result<ExitCode> {
-    let archive = open_archive(&args.archive).await?;
-    let summary = archive.summary();
-    let text = match args.output {
-        Output::Json => serde_json::to_string_pretty(summary)?,
-        Output::Yaml => serde_yaml::to_string(summary)?,
-        Output::Table => inspect_table(summary),
+    let images = open_images(&args.archive).await?;
+    let summaries: Vec<&Summary> = images.iter().map(Archive::summary).collect();
+    let text = match (args.output, summaries.as_slice()) {
+        (Output::Json, [one]) => serde_json::to_string_pretty(one)?,
+        (Output::Json, several) => serde_json::to_string_pretty(several)?,
+        (Output::Yaml, [one]) => serde_yaml::to_string(one)?,
+        (Output::Yaml, several) => serde_yaml::to_string(several)?,
+        (Output::Table, several) => several
+            .iter()
+            .map(|s| inspect_table(s))
+            .collect::<Vec<_>>()
+            .join("\n"),
     };
     print_stdout(&text);
     Ok(ExitCode::SUCCESS)

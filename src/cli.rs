@@ -101,10 +101,14 @@ pub struct CompleteArgs {
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// Image archive to load: a path, or `-` for standard input (spooled once to a temporary
-    /// file). Plain or gzip-compressed; docker-archive, OCI layout or Docker 25+ format
-    #[arg(value_name = "ARCHIVE", required = true)]
-    pub archive: Option<String>,
+    /// Image archive to load: a path, `-` for standard input (spooled once to a temporary
+    /// file), or an image in the local engine: `docker://app:v2`, `podman://app:v2` (read
+    /// with its `save`). Plain or gzip-compressed; docker-archive, OCI layout or Docker 25+
+    /// format. Several ARCHIVEs (and archives that hold several images: `docker save a b`,
+    /// `podman save -m`) are loaded in one run, one image after another, each layer once per
+    /// node
+    #[arg(value_name = "ARCHIVE", required = true, num_args = 1..)]
+    pub archives: Vec<String>,
 
     /// Nodes to load: `all`, or a comma-separated list of node names. Default: all (with
     /// only DaemonSets as --workload: the nodes those DaemonSets run on)
@@ -261,7 +265,7 @@ pub struct LoadArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// Image archive: a path, or `-` for standard input
+    /// Image archive: a path, `-` for standard input, or `docker://REF` / `podman://REF`
     #[arg(value_name = "ARCHIVE")]
     pub archive: String,
 
@@ -272,8 +276,8 @@ pub struct InspectArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Image refs (app:v2, docker.io/library/app:v2) or image archives (a path to a file:
-    /// its refs, and whether each node holds exactly its image)
+    /// Image refs (app:v2, docker.io/library/app:v2) or image archives (a path to a file, or
+    /// docker://REF / podman://REF: its refs, and whether each node holds exactly its image)
     #[arg(value_name = "REF|ARCHIVE", required = true)]
     pub images: Vec<String>,
 

@@ -306,7 +306,7 @@ fn source_for(arg: &Arg) -> Source {
         "context" => Source::KubeconfigContexts,
         "cluster" => Source::KubeconfigClusters,
         "user" => Source::KubeconfigUsers,
-        "archive" => Source::Files,
+        "archive" | "archives" => Source::Files,
         _ if matches!(
             arg.get_value_hint(),
             ValueHint::AnyPath | ValueHint::FilePath | ValueHint::DirPath
@@ -492,7 +492,14 @@ fn plan(root: &Command, request: &Request) -> Plan {
             static_or_fetch(source_for(arg), &request.typed, emit_prefix)
         }
         Target::Positional { index } => {
-            let positional = command.get_positionals().nth(*index);
+            // Past the last positional, a positional that takes many values (ARCHIVE…)
+            // takes the word.
+            let positional = command.get_positionals().nth(*index).or_else(|| {
+                command
+                    .get_positionals()
+                    .last()
+                    .filter(|a| a.get_num_args().is_some_and(|n| n.max_values() > 1))
+            });
             let mut subcommands = Vec::new();
             if request.subcommand.is_none() && *index == 0 {
                 subcommands = command
@@ -896,17 +903,15 @@ mod tests {
         );
         let c = done(&["inspect", ""]);
         assert_eq!((c.candidates.len(), c.directive), (0, directive::DEFAULT));
+        // Several archives in one run: the second is a file too (never a subcommand).
+        let c = done(&["a.tar", ""]);
+        assert_eq!((c.candidates.len(), c.directive), (0, directive::DEFAULT));
         let c = done(&["--kubeconfig", ""]);
         assert_eq!((c.candidates.len(), c.directive), (0, directive::DEFAULT));
     }
 
     #[test]
     fn nothing_more_after_the_archive() {
-        let c = done(&["app.tar", ""]);
-        assert_eq!(
-            (c.candidates.len(), c.directive),
-            (0, directive::NO_FILE_COMP)
-        );
         let c = done(&["cleanup", ""]);
         assert_eq!(
             (c.candidates.len(), c.directive),

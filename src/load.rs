@@ -116,7 +116,12 @@ pub struct Run {
     /// still in flight when the signal came is never orphaned.
     pub cancel: CancellationToken,
     /// Why the run was cancelled ("interrupt", "--timeout 5m passed"), for the node rows.
-    pub stopped_by: std::sync::OnceLock<String>,
+    /// Shared, like `cancel`, by the `Run`s of one command's images.
+    pub stopped_by: Arc<std::sync::OnceLock<String>>,
+    /// The first attempt number this run's helper pods are named with: a run that loads
+    /// several images, one after another, starts each image's past the earlier ones', so
+    /// no pod name is taken by a pod of the image before that is still terminating.
+    pub first_attempt: u32,
     pub progress: Progress,
 }
 
@@ -179,7 +184,7 @@ enum Moved {
 /// the node still lacks; nodes retried together share one upload again.
 pub async fn execute(run: &Run, plan: &Plan) -> Vec<NodeResult> {
     let every: Vec<&NodePlan> = plan.nodes.iter().collect();
-    let mut results = attempt(run, plan, &every, 0).await;
+    let mut results = attempt(run, plan, &every, run.first_attempt).await;
     for retry in 1..=run.retries {
         let again: Vec<usize> = (0..results.len())
             .filter(|&i| results[i].status == Status::Failed && results[i].retryable)
@@ -228,7 +233,7 @@ pub async fn execute(run: &Run, plan: &Plan) -> Vec<NodeResult> {
             break;
         }
         let nodes: Vec<&NodePlan> = again.iter().map(|&i| &plan.nodes[i]).collect();
-        let redone = attempt(run, plan, &nodes, retry).await;
+        let redone = attempt(run, plan, &nodes, run.first_attempt + retry).await;
         for (i, mut r) in again.into_iter().zip(redone) {
             let before = std::mem::take(&mut results[i]);
             r.earlier_failures = before.earlier_failures;
@@ -476,10 +481,11 @@ async fn inventory(agent: &Session, located: &dyn Located, wanted: &Wanted) -> R
 /// Phase 2: the bytes, for every ready node (results in the same order).
 async fn move_bytes(run: &Run, pods: &Api<Pod>, ready: &[(usize, Ready<'_>)]) -> Vec<Moved> {
     // Nodes that need the very same stream: the same platform image (streams name it by
-    // the run's staging name, whatever the runtime).
-    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    // the run's staging name, whatever the runtime), with or without Docker's manifest.json.
+    let mut groups: BTreeMap<(String, bool), Vec<usize>> = BTreeMap::new();
     for (k, (_, r)) in ready.iter().enumerate() {
-        groups.entry(r.wanted.manifest.clone()).or_default().push(k);
+        let key = (r.wanted.manifest.clone(), r.located.reads_docker_manifest());
+        groups.entry(key).or_default().push(k);
     }
     let mut moved: Vec<Option<Moved>> = (0..ready.len()).map(|_| None).collect();
     let mut direct = Vec::new();
@@ -563,6 +569,8 @@ fn transfer_for<'a>(
                 .clone()
                 .into_iter()
                 .any(|r| r.located.imports_in_parts()),
+        // Streams are grouped by this (`move_bytes`): all or none of the nodes read it.
+        first.located.reads_docker_manifest(),
     )
 }
 
@@ -645,6 +653,7 @@ async fn relay(
             peers: tree[i].iter().map(|&c| addr(nodes[c])).collect(),
             token: token.clone(),
             index_digest: transfer.index_sha256().to_string(),
+            manifest_digest: transfer.manifest_sha256().map(str::to_string),
             connect_secs: RELAY_CONNECT_SECS,
         });
         let upstream = (i > 0).then(|| nodes[(i - 1) / transfer::FANOUT].node.node.name.clone());

@@ -6,6 +6,7 @@ mod archive;
 mod cli;
 mod cluster;
 mod complete;
+mod engine;
 mod load;
 mod model;
 mod pin;

@@ -40,4 +40,6 @@ pub enum RuntimeKind {
     Containerd,
     #[value(name = "cri-o", alias = "crio")]
     CriO,
+    /// Docker Engine (cri-dockerd nodes), loaded with the node's `docker load`.
+    Docker,
 }

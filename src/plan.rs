@@ -473,8 +473,13 @@ mod tests {
         ));
         let (_dir, archive) = archive("linux/amd64");
         let docker = node("n2", "amd64", true, "docker://28.2.2");
+        assert!(matches!(
+            decide(&archive, &docker, &[], &opts(false)),
+            Decision::Load { .. }
+        ));
+        let odd = node("n2", "amd64", true, "frakti://1.0");
         assert!(
-            matches!(decide(&archive, &docker, &[], &opts(false)), Decision::Skip { reason } if reason.contains("docker"))
+            matches!(decide(&archive, &odd, &[], &opts(false)), Decision::Skip { reason } if reason.contains("frakti"))
         );
         let mut windows = node("n3", "amd64", true, "containerd://1.7.2");
         windows.platform.os = "windows".into();

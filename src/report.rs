@@ -20,36 +20,65 @@ struct ReportJson<'a> {
     /// The run's id: its helper pods, ConfigMaps and Lease carry it (label sideload.dev/run),
     /// and its staging images on the nodes are named after it.
     run: &'a str,
-    image: ImageJson<'a>,
-    nodes: &'a [NodeResult],
+    #[serde(flatten)]
+    loaded: Loaded<'a>,
     /// One entry per `--workload` (empty without).
     workloads: &'a [WorkloadResult],
 }
 
+/// One image and its node rows.
+#[derive(Serialize)]
+struct ImageNodes<'a> {
+    image: ImageJson<'a>,
+    nodes: &'a [NodeResult],
+}
+
+/// A run of one image keeps the document it always had; a run of several lists each.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Loaded<'a> {
+    One(ImageNodes<'a>),
+    Several { images: Vec<ImageNodes<'a>> },
+}
+
+/// A run's images, each with its node rows, in the order they were loaded.
+pub type Images<'a> = [(&'a Summary, &'a [NodeResult])];
+
 /// `{"run":…,"image":{"refs":[…],"digest":…,"size":N},"nodes":[{"name":…,"status":…,…}],
-/// "workloads":[{"kind":…,"name":…,"patched":…,"rolled_out":…,…}]}`
-pub fn json(
-    run: &str,
-    summary: &Summary,
-    results: &[NodeResult],
-    workloads: &[WorkloadResult],
-) -> String {
+/// "workloads":[{"kind":…,"name":…,"patched":…,"rolled_out":…,…}]}`; with several images
+/// `"images":[{"image":{…},"nodes":[…]},…]` in place of `image` and `nodes`.
+pub fn json(run: &str, images: &Images<'_>, workloads: &[WorkloadResult]) -> String {
+    let mut each: Vec<ImageNodes<'_>> = images
+        .iter()
+        .map(|(summary, nodes)| ImageNodes {
+            image: ImageJson {
+                refs: &summary.refs,
+                digest: &summary.digest,
+                size: summary.size,
+            },
+            nodes,
+        })
+        .collect();
+    let loaded = if each.len() == 1 {
+        Loaded::One(each.remove(0))
+    } else {
+        Loaded::Several { images: each }
+    };
     serde_json::to_string_pretty(&ReportJson {
         run,
-        image: ImageJson {
-            refs: &summary.refs,
-            digest: &summary.digest,
-            size: summary.size,
-        },
-        nodes: results,
+        loaded,
         workloads,
     })
     .unwrap_or_default()
 }
 
-/// A fixed-width table, one row per node; then one row per workload, if any.
-pub fn table(summary: &Summary, results: &[NodeResult], workloads: &[WorkloadResult]) -> String {
-    let mut out = nodes_table(summary, results);
+/// A fixed-width table per image, one row per node; then one row per workload, if any.
+pub fn table(images: &Images<'_>, workloads: &[WorkloadResult]) -> String {
+    let mut out = images
+        .iter()
+        .map(|(summary, results)| nodes_table(summary, results))
+        .collect::<Vec<_>>()
+        .join("\n");
     if workloads.is_empty() {
         return out;
     }
@@ -299,11 +328,8 @@ mod tests {
             error: None,
             detail: None,
         };
-        let text = table(
-            &summary,
-            std::slice::from_ref(&node),
-            std::slice::from_ref(&w),
-        );
+        let one = [(&summary, std::slice::from_ref(&node))];
+        let text = table(&one, std::slice::from_ref(&w));
         assert!(text.contains("WORKLOAD"), "{text}");
         let row = text
             .lines()
@@ -311,7 +337,7 @@ mod tests {
             .unwrap();
         assert!(row.contains("db,migrate"), "{row}");
         assert!(row.contains("pods kept on loaded nodes"), "{row}");
-        assert!(!table(&summary, std::slice::from_ref(&node), &[]).contains("WORKLOAD"));
+        assert!(!table(&one, &[]).contains("WORKLOAD"));
         // --pin: a node that could not pin says so in its row, never just "loaded".
         let crio = NodeResult {
             name: "node-d".into(),
@@ -319,17 +345,56 @@ mod tests {
             pin_note: Some("CRI-O pins only …".into()),
             ..node.clone()
         };
-        let text = table(&summary, &[crio], &[]);
+        let text = table(&[(&summary, std::slice::from_ref(&crio))], &[]);
         let row = text.lines().find(|l| l.starts_with("node-d")).unwrap();
         assert!(row.contains("NOT pinned: CRI-O pins only"), "{row}");
 
         let value: serde_json::Value =
-            serde_json::from_str(&json("abc123", &summary, &[node], &[w])).unwrap();
-        let w = &value["workloads"][0];
-        assert_eq!(w["kind"], "StatefulSet");
-        assert_eq!(w["rolled_out"], true);
-        assert!(w["error"].is_null());
-        assert!(w.get("detail").is_none());
+            serde_json::from_str(&json("abc123", &one, std::slice::from_ref(&w))).unwrap();
+        let w0 = &value["workloads"][0];
+        assert_eq!(w0["kind"], "StatefulSet");
+        assert_eq!(w0["rolled_out"], true);
+        assert!(w0["error"].is_null());
+        assert!(w0.get("detail").is_none());
+        // One image: the document scripts have always read.
+        assert_eq!(value["image"]["refs"][0], "docker.io/library/app:v2");
+        assert_eq!(value["nodes"][0]["name"], "node-a");
+        assert!(value.get("images").is_none());
+
+        // Several: a section per image in the table, an entry per image in the JSON.
+        let other = Summary {
+            format: crate::archive::Format::OciLayout,
+            compressed: false,
+            refs: vec!["docker.io/library/sidecar:1".into()],
+            tags: vec![],
+            digest: "sha256:def".into(),
+            images: vec![],
+            size: 1,
+        };
+        let two = [
+            (&summary, std::slice::from_ref(&node)),
+            (&other, std::slice::from_ref(&crio)),
+        ];
+        let text = table(&two, &[]);
+        assert!(
+            text.contains("image docker.io/library/app:v2 (sha256:abc)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("image docker.io/library/sidecar:1 (sha256:def)"),
+            "{text}"
+        );
+        let value: serde_json::Value = serde_json::from_str(&json("abc123", &two, &[])).unwrap();
+        assert!(
+            value.get("image").is_none() && value.get("nodes").is_none(),
+            "{value}"
+        );
+        assert_eq!(
+            value["images"][1]["image"]["refs"][0],
+            "docker.io/library/sidecar:1"
+        );
+        assert_eq!(value["images"][1]["nodes"][0]["name"], "node-d");
+        assert_eq!(value["run"], "abc123");
     }
 
     #[test]

@@ -25,11 +25,12 @@ use crate::report::columns;
 use crate::visit::{self, Job, NodeRow, Target, Visit};
 
 pub async fn status(kube: &cli::KubeArgs, args: StatusArgs) -> Result<ExitCode> {
-    // Paths that exist are archives; anything else must be a ref.
+    // Paths that exist and docker:// / podman:// images are archives; anything else must be
+    // a ref.
     let mut refs = Vec::new();
     let mut archives = Vec::new();
     for image in &args.images {
-        if std::path::Path::new(image).is_file() {
+        if std::path::Path::new(image).is_file() || crate::engine::Engine::parse(image).is_some() {
             archives.push(Arc::new(open_archive(image).await?));
         } else {
             refs.push(normalized(image)?);

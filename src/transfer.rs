@@ -60,21 +60,27 @@ impl std::fmt::Debug for Transfer {
 
 impl Transfer {
     /// `run_id` tells this run's staging and prefix images from another run's; `cut`: the
-    /// stream is cut into parts, one per layer.
+    /// stream is cut into parts, one per layer; `docker_load`: it also carries the
+    /// `manifest.json` Docker Engine reads ([`Located::reads_docker_manifest`]).
     pub fn new(
         archive: Arc<Archive>,
         image: PlatformImage,
         skip: HashSet<String>,
         run_id: &str,
         cut: bool,
+        docker_load: bool,
     ) -> Result<Self> {
         let staged = staging_name(run_id);
-        let plan = archive.stream_plan(
+        let names = std::slice::from_ref(&staged);
+        let mut plan = archive.stream_plan(
             &image,
             &skip,
-            std::slice::from_ref(&staged),
-            cut.then_some((PARTIAL_REPOSITORY, run_id)),
+            names,
+            (cut && !docker_load).then_some((PARTIAL_REPOSITORY, run_id)),
         )?;
+        if docker_load {
+            plan = plan.with_docker_manifest(&image, names)?;
+        }
         Ok(Transfer {
             archive,
             skip,
@@ -86,6 +92,11 @@ impl Transfer {
     /// sha256 (hex) of the stream's (last part's) `index.json`, which the node agent checks.
     pub fn index_sha256(&self) -> &str {
         self.plan.index_sha256()
+    }
+
+    /// sha256 (hex) of the stream's `manifest.json`, when it carries one.
+    pub fn manifest_sha256(&self) -> Option<&str> {
+        self.plan.manifest_sha256()
     }
 
     /// The exact number of bytes [`Transfer::write`] writes: what the node is told to read.
@@ -109,6 +120,7 @@ impl Transfer {
     pub fn request(&self, located: &dyn Located, wanted: &Wanted, framed: bool) -> Run {
         let mut request = located.import(wanted, self.len());
         request.index_digest = Some(self.index_sha256().to_string());
+        request.manifest_digest = self.manifest_sha256().map(str::to_string);
         request.framed = framed;
         request
             .commands
@@ -411,13 +423,20 @@ mod tests {
         let (_dir, path) = write_temp(&docker_archive(&img, &["app:v1"]).tar());
         let archive = Arc::new(Archive::open(&Source::Path(path)).unwrap());
         let image = archive.summary().images[0].clone();
-        let all =
-            Transfer::new(archive.clone(), image.clone(), HashSet::new(), "r1", false).unwrap();
+        let all = Transfer::new(
+            archive.clone(),
+            image.clone(),
+            HashSet::new(),
+            "r1",
+            false,
+            false,
+        )
+        .unwrap();
         let mut out = Vec::new();
         assert_eq!(all.write(&mut out).unwrap(), all.len());
         assert_eq!(out.len() as u64, all.len());
         let skip = HashSet::from([image.layers[0].digest.clone()]);
-        let less = Transfer::new(archive, image, skip, "r1", false).unwrap();
+        let less = Transfer::new(archive, image, skip, "r1", false, false).unwrap();
         assert!(less.len() < all.len());
         assert_eq!(less.reused(), 1);
     }
@@ -428,7 +447,7 @@ mod tests {
         let (_dir, path) = write_temp(&docker_archive(&img, &["app:v1"]).tar());
         let archive = Arc::new(Archive::open(&Source::Path(path)).unwrap());
         let image = archive.summary().images[0].clone();
-        let t = Transfer::new(archive.clone(), image, HashSet::new(), "r1", false).unwrap();
+        let t = Transfer::new(archive.clone(), image, HashSet::new(), "r1", false, false).unwrap();
         let mut out = Vec::new();
         t.write(&mut out).unwrap();
         let mut tar = tar::Archive::new(&out[..]);
@@ -516,7 +535,7 @@ mod tests {
         let (_dir, path) = write_temp(&docker_archive(&img, &["app:v1"]).tar());
         let archive = Arc::new(Archive::open(&Source::Path(path.clone())).unwrap());
         let image = archive.summary().images[0].clone();
-        let t = Transfer::new(archive.clone(), image, HashSet::new(), "r1", false).unwrap();
+        let t = Transfer::new(archive.clone(), image, HashSet::new(), "r1", false, false).unwrap();
         std::fs::OpenOptions::new()
             .write(true)
             .open(&path)

@@ -25,7 +25,7 @@ use crate::pin;
 use crate::plan::LeftOut;
 use crate::progress::Progress;
 use crate::reach::{self, HelperPlan, Reach};
-use crate::runtime::{Located, Wanted, cri};
+use crate::runtime::{Located, Wanted};
 
 /// Nodes reached at once: a helper pod costs little and takes seconds to start.
 const AT_ONCE: usize = 32;
@@ -229,7 +229,7 @@ async fn on_node(
             "status",
         )
         .await?;
-    let cri = cri::inspected(refs, &answer.results);
+    let cri = located.read_inspect(refs, &answer.results);
     let mut rows: Vec<ImageRow> = refs
         .iter()
         .zip(cri)
@@ -358,7 +358,8 @@ async fn remove(
             ..Default::default()
         };
         let answer = session.query(&query, "removal check").await?;
-        gone = cri::inspected(refs, &answer.results)
+        gone = located
+            .read_inspect(refs, &answer.results)
             .first()
             .is_some_and(Option::is_none);
     }

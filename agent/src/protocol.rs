@@ -210,6 +210,11 @@ pub struct Run {
     /// sha256 (hex) of the `index.json` the stream must carry: the one the plugin wrote.
     #[serde(default)]
     pub index_digest: Option<String>,
+    /// sha256 (hex) of the docker-archive `manifest.json` the stream carries beside its
+    /// `index.json` (Docker Engine's `docker load` reads that file, not the index); absent:
+    /// a `manifest.json` in the stream is refused.
+    #[serde(default)]
+    pub manifest_digest: Option<String>,
     /// The stream travels in frames, compressed where that pays (agent/src/frames.rs);
     /// the announced lengths are of the decoded stream.
     #[serde(default)]
@@ -230,6 +235,26 @@ pub struct Run {
     /// the parts created on the way.
     #[serde(default)]
     pub finally: Vec<Command>,
+}
+
+impl Run {
+    /// `command` fed exactly `bytes` bytes of stream on its stdin, and nothing else: no
+    /// staging, no relay, one part (the plugin fills in digests, framing and relay).
+    pub fn piped(command: Command, bytes: u64) -> Run {
+        Run {
+            commands: vec![command],
+            stdin: Stdin::Pipe { bytes },
+            writable: Vec::new(),
+            scratch_at: None,
+            files: BTreeMap::new(),
+            index_digest: None,
+            manifest_digest: None,
+            framed: false,
+            relay: None,
+            parts: Vec::new(),
+            finally: Vec::new(),
+        }
+    }
 }
 
 /// One part of a cut stream.
@@ -253,6 +278,9 @@ pub struct Relay {
     /// sha256 (hex) of the stream's `index.json`: a stream that names another image is
     /// refused before anything is imported.
     pub index_digest: String,
+    /// sha256 (hex) of its `manifest.json`, when it carries one ([`Run::manifest_digest`]).
+    #[serde(default)]
+    pub manifest_digest: Option<String>,
     /// How long to keep trying to reach each peer.
     pub connect_secs: u64,
 }
@@ -312,6 +340,7 @@ mod tests {
             )]
             .into(),
             index_digest: None,
+            manifest_digest: Some("2".repeat(64)),
             framed: true,
             relay: Some(Relay {
                 source: RelaySource::Listen {
@@ -321,6 +350,7 @@ mod tests {
                 peers: vec!["10.0.0.2:7741".into()],
                 token: "t".into(),
                 index_digest: "0".repeat(64),
+                manifest_digest: None,
                 connect_secs: 5,
             }),
             parts: vec![Part {

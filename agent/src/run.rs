@@ -81,7 +81,11 @@ fn commands(request: &Run, first: &Command, rest: &[Command]) -> Result<i32, Str
         return if code != 0 { Ok(code) } else { sequence(rest) };
     }
     let mut input = match &request.relay {
-        None => Stream::stdin(request.index_digest.clone(), request.framed),
+        None => Stream::stdin(
+            request.index_digest.clone(),
+            request.manifest_digest.clone(),
+            request.framed,
+        ),
         Some(relay) => match Stream::relay(relay, request.framed) {
             Ok(stream) => stream,
             Err(stream::Source::NoConnection(why)) => {

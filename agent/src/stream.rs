@@ -91,11 +91,17 @@ struct Peer {
 
 impl Stream {
     /// The exec's stdin, with no relay.
-    pub fn stdin(index_digest: Option<String>, framed: bool) -> Stream {
+    /// `manifest_digest`: the stream also carries a docker-archive `manifest.json` with
+    /// this digest ([`protocol::Run::manifest_digest`]).
+    pub fn stdin(
+        index_digest: Option<String>,
+        manifest_digest: Option<String>,
+        framed: bool,
+    ) -> Stream {
         Stream::over(
             Box::new(io::stdin()),
             Vec::new(),
-            index_digest.map(|d| Check::new(Some(d))),
+            index_digest.map(|d| Check::new(Some(d)).with_manifest(manifest_digest)),
             framed,
         )
     }
@@ -170,7 +176,10 @@ impl Stream {
         Ok(Stream::over(
             source,
             peers,
-            Some(Check::new(Some(relay.index_digest.clone()))),
+            Some(
+                Check::new(Some(relay.index_digest.clone()))
+                    .with_manifest(relay.manifest_digest.clone()),
+            ),
             framed,
         ))
     }
@@ -384,6 +393,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// on "not found").
 struct Check {
     index_digest: Option<String>,
+    /// The announced `manifest.json`'s digest; `None`: the stream must carry none.
+    manifest_digest: Option<String>,
     header: Vec<u8>,
     state: State,
     zero_blocks: u8,
@@ -406,6 +417,7 @@ enum State {
 
 enum Expect {
     Index(String),
+    Manifest(String),
     Blob(String),
 }
 
@@ -416,6 +428,10 @@ impl Expect {
         match self {
             Expect::Index(want) if got != *want => Err(format!(
                 "the stream's index.json (sha256:{got}) is not the one the plugin sent \
+                 (sha256:{want})"
+            )),
+            Expect::Manifest(want) if got != *want => Err(format!(
+                "the stream's manifest.json (sha256:{got}) is not the one the plugin sent \
                  (sha256:{want})"
             )),
             Expect::Blob(want) if got != *want => Err(corrupted(want, &got)),
@@ -436,10 +452,16 @@ impl Check {
     fn new(index_digest: Option<String>) -> Check {
         Check {
             index_digest,
+            manifest_digest: None,
             header: Vec::with_capacity(512),
             state: State::Header,
             zero_blocks: 0,
         }
+    }
+
+    fn with_manifest(mut self, manifest_digest: Option<String>) -> Check {
+        self.manifest_digest = manifest_digest;
+        self
     }
 
     fn feed(&mut self, data: &[u8]) -> Result<(), String> {
@@ -522,6 +544,8 @@ impl Check {
         }
         let allowed = match name.as_str() {
             "oci-layout" | "index.json" => true,
+            // Only where announced: Docker's `docker load` reads it, and it names tags.
+            "manifest.json" => self.manifest_digest.is_some(),
             other => other.strip_prefix("blobs/sha256/").is_some_and(|hex| {
                 hex.len() == 64
                     && hex
@@ -535,6 +559,7 @@ impl Check {
         let expect = match (name.as_str(), &self.index_digest) {
             ("index.json", Some(d)) => Some(Expect::Index(d.clone())),
             ("index.json" | "oci-layout", _) => None,
+            ("manifest.json", _) => self.manifest_digest.clone().map(Expect::Manifest),
             (blob, _) => blob
                 .strip_prefix("blobs/sha256/")
                 .map(|hex| Expect::Blob(hex.to_string())),
@@ -628,6 +653,29 @@ mod tests {
         let mut check = Check::new(None);
         let err = check.feed(&tar_of(&[(&empty, b"")])).unwrap_err();
         assert!(err.contains("corrupted in transit"), "{err}");
+    }
+
+    #[test]
+    fn a_manifest_json_passes_only_where_announced_and_only_the_plugins() {
+        let index = br#"{"schemaVersion":2}"#;
+        let manifest = br#"[{"Config":"blobs/sha256/x"}]"#;
+        let digest = |b: &[u8]| hex::encode(Sha256::digest(b));
+        let tar = tar_of(&[("index.json", index), ("manifest.json", manifest)]);
+        let mut ok = Check::new(Some(digest(index))).with_manifest(Some(digest(manifest)));
+        feed_in_pieces(&mut ok, &tar, 100).unwrap();
+        assert!(matches!(ok.state, State::End));
+        let mut unannounced = Check::new(Some(digest(index)));
+        let err = feed_in_pieces(&mut unannounced, &tar, 100).unwrap_err();
+        assert!(
+            err.contains("unexpected tar entry \"manifest.json\""),
+            "{err}"
+        );
+        let mut other = Check::new(Some(digest(index))).with_manifest(Some("0".repeat(64)));
+        let err = feed_in_pieces(&mut other, &tar, 100).unwrap_err();
+        assert!(
+            err.contains("manifest.json") && err.contains("not the one"),
+            "{err}"
+        );
     }
 
     #[test]

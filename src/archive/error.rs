@@ -256,10 +256,12 @@ pub enum ArchiveError {
         diff_ids: usize,
     },
 
-    /// The archive holds several different images; we load one image per archive.
+    /// The archive holds several different images where one was asked for (`status`);
+    /// a load takes them all.
     #[error(
-        "{name}: the archive holds {} different images ({}); save one image per archive \
-         (tags of the same image are fine)",
+        "{name}: the archive holds {} different images ({}); this command reads one image \
+         per archive: name the images' refs instead (a load, `kubectl sideload ARCHIVE`, \
+         takes them all)",
         images.len(),
         images.join("; ")
     )]
@@ -325,6 +327,11 @@ pub enum ArchiveError {
         /// What changed.
         detail: String,
     },
+
+    /// A stream the node's runtime cannot import was asked for (a caller's mistake, not
+    /// the archive's).
+    #[error("cannot build this node's image stream: {0}")]
+    StreamShape(String),
 
     /// The destination of `write_oci` failed (the stream to the node broke, say).
     #[error("writing the image stream failed: {0}")]

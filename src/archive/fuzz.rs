@@ -873,7 +873,7 @@ fn damage_bytes(bytes: &mut Vec<u8>, d: &Damage) {
 fn check_input(bytes: &[u8]) {
     let (from_file, largest) = largest_allocation(|| open_bytes(bytes));
     assert!(largest <= ALLOC_CEILING, "open allocated {largest} bytes");
-    let (from_stdin, largest) = largest_allocation(|| Archive::open_reader(bytes, "stdin"));
+    let (from_stdin, largest) = largest_allocation(|| Archive::open_reader_one(bytes, "stdin"));
     assert!(largest <= ALLOC_CEILING, "stdin allocated {largest} bytes");
     match (&from_file, &from_stdin) {
         (Ok(a), Ok(b)) => {
@@ -1242,7 +1242,7 @@ fn multi_gigabyte_metadata_fails_fast_without_allocating() {
                     let ((file, stdin), largest) = largest_allocation(|| {
                         (
                             open_bytes(&input),
-                            Archive::open_reader(&input[..], "stdin"),
+                            Archive::open_reader_one(&input[..], "stdin"),
                         )
                     });
                     let took = started.elapsed();
@@ -1265,7 +1265,7 @@ fn multi_gigabyte_metadata_fails_fast_without_allocating() {
     let (m, member) = &fixtures[1];
     let mut bytes = m.tar();
     patch_size(&mut bytes, member, JSON_LIMIT);
-    let (e, largest) = largest_allocation(|| Archive::open_reader(&bytes[..], "stdin").err());
+    let (e, largest) = largest_allocation(|| Archive::open_reader_one(&bytes[..], "stdin").err());
     assert!(matches!(e, Some(ArchiveError::Truncated { .. })), "{e:?}");
     assert!(largest <= ALLOC_CEILING, "allocated {largest}");
 }

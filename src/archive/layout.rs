@@ -43,7 +43,8 @@ pub struct Resolved {
 /// How deep image indexes may nest before we call the archive absurd.
 const MAX_INDEX_DEPTH: usize = 4;
 
-pub fn resolve(name: &str, scan: &Scan) -> Result<Resolved, ArchiveError> {
+/// Every image the archive holds (tags of one image are one image), in the archive's order.
+pub fn resolve(name: &str, scan: &Scan) -> Result<Vec<Resolved>, ArchiveError> {
     let mut ctx = Ctx {
         name,
         scan,
@@ -224,7 +225,7 @@ impl<'a> Ctx<'a> {
 
     // ---- OCI layout (and Docker 25+) ----
 
-    fn resolve_oci(&mut self, docker25: bool) -> Result<Resolved, ArchiveError> {
+    fn resolve_oci(&mut self, docker25: bool) -> Result<Vec<Resolved>, ArchiveError> {
         let layout_member = self.scan.member("oci-layout").expect("checked by caller");
         let layout: spec::OciLayout = self.json(layout_member, "oci-layout")?;
         if layout.image_layout_version != "1.0.0" {
@@ -261,29 +262,26 @@ impl<'a> Ctx<'a> {
         for (_, descs) in &targets {
             names_per_target.push(self.oci_names(descs)?);
         }
-        match targets.len() {
-            0 => {
-                return Err(ArchiveError::NoImage {
-                    name: self.err_name(),
-                    detail: "index.json lists no image manifest or index".to_owned(),
-                });
-            }
-            1 => {}
-            _ => {
-                let images = targets
-                    .iter()
-                    .zip(&names_per_target)
-                    .map(|((t, _), n)| describe(&n.image_names, &n.ref_names, &t.digest))
-                    .collect();
-                return Err(ArchiveError::MultipleImages {
-                    name: self.err_name(),
-                    images,
-                });
-            }
+        if targets.is_empty() {
+            return Err(ArchiveError::NoImage {
+                name: self.err_name(),
+                detail: "index.json lists no image manifest or index".to_owned(),
+            });
         }
-        let (target, _) = targets.remove(0);
-        let mut names = names_per_target.remove(0);
+        let mut resolved = Vec::with_capacity(targets.len());
+        for ((target, _), names) in targets.into_iter().zip(names_per_target) {
+            resolved.push(self.resolve_oci_target(target, names, docker25)?);
+        }
+        Ok(resolved)
+    }
 
+    /// One image of an OCI layout: the manifest or index `target` points at, named `names`.
+    fn resolve_oci_target(
+        &mut self,
+        target: Descriptor,
+        mut names: Names,
+        docker25: bool,
+    ) -> Result<Resolved, ArchiveError> {
         let mut images = Vec::new();
         if spec::is_index(&target.media_type) {
             let blob = blob_of(&target);
@@ -580,7 +578,7 @@ impl<'a> Ctx<'a> {
 
     // ---- docker-archive ----
 
-    fn resolve_docker(&mut self) -> Result<Resolved, ArchiveError> {
+    fn resolve_docker(&mut self) -> Result<Vec<Resolved>, ArchiveError> {
         let m = self
             .scan
             .member("manifest.json")
@@ -604,23 +602,18 @@ impl<'a> Ctx<'a> {
                 None => groups.push((key, vec![e])),
             }
         }
-        if groups.len() > 1 {
-            let images = groups
-                .iter()
-                .map(|(key, g)| {
-                    let tags: Vec<String> = g
-                        .iter()
-                        .flat_map(|e| e.repo_tags.iter().flatten().cloned())
-                        .collect();
-                    describe(&tags, &[], key)
-                })
-                .collect();
-            return Err(ArchiveError::MultipleImages {
-                name: self.err_name(),
-                images,
-            });
+        let mut resolved = Vec::with_capacity(groups.len());
+        for (_, group) in &groups {
+            resolved.push(self.resolve_docker_image(group)?);
         }
-        let group = &groups[0].1;
+        Ok(resolved)
+    }
+
+    /// One image of a docker-archive: the manifest.json entries (its tags) sharing a config.
+    fn resolve_docker_image(
+        &mut self,
+        group: &[&spec::DockerManifestEntry],
+    ) -> Result<Resolved, ArchiveError> {
         let entry = group[0];
 
         // Paths come from the tar: `shown` escapes them for messages.
@@ -718,7 +711,7 @@ impl<'a> Ctx<'a> {
             .insert(manifest_blob.digest.clone(), Vec::new());
 
         let mut names = Names::default();
-        for e in group {
+        for e in group.iter() {
             for tag in e.repo_tags.iter().flatten() {
                 if !is_none_tag(tag) {
                     self.add_ref(&mut names.repo_tags, tag, "manifest.json (RepoTags)")?;
@@ -813,7 +806,7 @@ fn is_none_tag(tag: &str) -> bool {
 }
 
 /// One image, for "several images" messages. Names come from the tar: escape them.
-fn describe(names: &[String], more: &[String], digest: &str) -> String {
+pub(super) fn describe(names: &[String], more: &[String], digest: &str) -> String {
     let shown: Vec<String> = names
         .iter()
         .chain(more)

@@ -24,6 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use flate2::bufread::MultiGzDecoder;
@@ -123,8 +124,9 @@ pub struct Summary {
 pub struct Archive {
     /// The archive as the user named it, for messages.
     name: String,
-    /// The archive file, or stdin's unlinked spool file (the OS deletes it on drop).
-    file: File,
+    /// The archive file, or stdin's unlinked spool file (the OS deletes it on drop); shared
+    /// by the `Archive`s of one file's images.
+    file: Arc<File>,
     compressed: bool,
     /// Length and mtime at open, for path sources: `write_oci` refuses a file changed since.
     stamp: Option<(u64, Option<SystemTime>)>,
@@ -143,15 +145,47 @@ impl std::fmt::Debug for Archive {
 }
 
 impl Archive {
-    /// Opens and inspects an archive: one sequential read, every blob hashed and checked.
+    /// Opens and inspects an archive that must hold one image (its tags are fine); one with
+    /// several is refused with `MultipleImages`, which lists them.
+    #[cfg(test)]
     pub fn open(src: &Source) -> Result<Archive, ArchiveError> {
+        Archive::one(Archive::open_all(src)?)
+    }
+
+    /// Opens and inspects an archive: one sequential read, every blob hashed and checked.
+    /// One `Archive` per image it holds (`docker save a b`, `podman save -m`), in the
+    /// archive's order, all reading the one file.
+    pub fn open_all(src: &Source) -> Result<Vec<Archive>, ArchiveError> {
         match src {
             Source::Path(path) => Archive::open_path(path),
             Source::Stdin => Archive::open_reader(io::stdin(), "stdin"),
         }
     }
 
-    fn open_path(path: &std::path::Path) -> Result<Archive, ArchiveError> {
+    /// [`Archive::open_reader`] of an archive that must hold one image.
+    #[cfg(test)]
+    pub(crate) fn open_reader_one(
+        r: impl Read + Send,
+        name: &str,
+    ) -> Result<Archive, ArchiveError> {
+        Archive::one(Archive::open_reader(r, name)?)
+    }
+
+    /// The only image of `all`, or `MultipleImages`.
+    pub(crate) fn one(mut all: Vec<Archive>) -> Result<Archive, ArchiveError> {
+        if all.len() == 1 {
+            return Ok(all.remove(0));
+        }
+        Err(ArchiveError::MultipleImages {
+            name: all.first().map(|a| a.name.clone()).unwrap_or_default(),
+            images: all
+                .iter()
+                .map(|a| layout::describe(&a.summary.refs, &[], &a.summary.digest))
+                .collect(),
+        })
+    }
+
+    fn open_path(path: &std::path::Path) -> Result<Vec<Archive>, ArchiveError> {
         let name = path.display().to_string();
         let file = File::open(path).map_err(|source| match source.kind() {
             io::ErrorKind::NotFound => ArchiveError::NotFound { name: name.clone() },
@@ -201,7 +235,10 @@ impl Archive {
 
     /// Opens an archive from any reader (stdin, a pipe): spools it once to an unlinked
     /// temporary file in `$TMPDIR` while scanning it, in the same pass.
-    pub(crate) fn open_reader(r: impl Read + Send, name: &str) -> Result<Archive, ArchiveError> {
+    pub(crate) fn open_reader(
+        r: impl Read + Send,
+        name: &str,
+    ) -> Result<Vec<Archive>, ArchiveError> {
         let spool_err = |source| ArchiveError::Io {
             name: name.to_owned(),
             action: "creating a temporary file in $TMPDIR to spool the input",
@@ -259,25 +296,29 @@ impl Archive {
         size: u64,
         stamp: Option<(u64, Option<SystemTime>)>,
         scanned: &scan::Scan,
-    ) -> Result<Archive, ArchiveError> {
+    ) -> Result<Vec<Archive>, ArchiveError> {
+        let file = Arc::new(file);
         let resolved = layout::resolve(&name, scanned)?;
-        Ok(Archive {
-            name,
-            file,
-            compressed,
-            stamp,
-            summary: Summary {
-                format: resolved.format,
+        Ok(resolved
+            .into_iter()
+            .map(|resolved| Archive {
+                name: name.clone(),
+                file: Arc::clone(&file),
                 compressed,
-                refs: resolved.refs,
-                tags: resolved.tags,
-                digest: resolved.digest,
-                images: resolved.images,
-                size,
-            },
-            blobs: resolved.blobs,
-            parents: resolved.parents,
-        })
+                stamp,
+                summary: Summary {
+                    format: resolved.format,
+                    compressed,
+                    refs: resolved.refs,
+                    tags: resolved.tags,
+                    digest: resolved.digest,
+                    images: resolved.images,
+                    size,
+                },
+                blobs: resolved.blobs,
+                parents: resolved.parents,
+            })
+            .collect())
     }
 
     /// What the archive holds.

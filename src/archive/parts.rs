@@ -44,6 +44,9 @@ pub struct Part {
     pub len: u64,
     /// sha256 (hex) of its `index.json`, which the node checks.
     pub index_sha256: String,
+    /// sha256 (hex) of its docker-archive `manifest.json`, if it carries one
+    /// ([`StreamPlan::with_docker_manifest`]); the node checks it too.
+    pub manifest_sha256: Option<String>,
     /// The prefix image it creates; `None` for the last part (the image itself).
     pub prefix: Option<Prefix>,
 }
@@ -75,6 +78,7 @@ impl Part {
             len: tar_len(&entries),
             entries,
             index_sha256,
+            manifest_sha256: None,
             prefix,
         }
     }
@@ -98,6 +102,62 @@ impl StreamPlan {
     /// sha256 (hex) of the last part's `index.json`: the one naming the image.
     pub fn index_sha256(&self) -> &str {
         self.parts.last().map_or("", |p| p.index_sha256.as_str())
+    }
+
+    /// sha256 (hex) of the stream's `manifest.json`, if it carries one.
+    pub fn manifest_sha256(&self) -> Option<&str> {
+        self.parts.last().and_then(|p| p.manifest_sha256.as_deref())
+    }
+
+    /// The stream with a docker-archive `manifest.json` beside its `index.json`, naming
+    /// `image` by `refs`: Docker Engine's `docker load` reads only that file (before Docker
+    /// 25 it knows no `index.json`), and finds the config and layers at their OCI paths.
+    /// It needs every layer in the stream (it reuses none it holds) and one part.
+    pub fn with_docker_manifest(
+        mut self,
+        image: &PlatformImage,
+        refs: &[String],
+    ) -> Result<StreamPlan, ArchiveError> {
+        let [part] = self.parts.as_mut_slice() else {
+            return Err(ArchiveError::StreamShape(
+                "a docker load stream is one part".into(),
+            ));
+        };
+        let layers: Vec<String> = image.layers.iter().map(|l| blob_path(&l.digest)).collect();
+        if let Some(absent) = layers
+            .iter()
+            .find(|path| !part.entries.iter().any(|e| &e.path == *path))
+        {
+            return Err(ArchiveError::StreamShape(format!(
+                "a docker load stream needs every layer, and {absent} was left out"
+            )));
+        }
+        let manifest = serde_json::to_vec(&json!([{
+            "Config": blob_path(&image.config.digest),
+            "RepoTags": refs,
+            "Layers": layers,
+        }]))
+        .expect("serialising strings cannot fail");
+        let at = part
+            .entries
+            .iter()
+            .position(|e| e.path == "index.json")
+            .map_or(0, |i| i + 1);
+        part.manifest_sha256 = Some(
+            sha256_digest(&manifest)
+                .trim_start_matches("sha256:")
+                .to_string(),
+        );
+        part.entries.insert(
+            at,
+            OutEntry {
+                path: "manifest.json".to_owned(),
+                size: manifest.len() as u64,
+                src: OutSource::Memory(Arc::from(manifest)),
+            },
+        );
+        part.len = tar_len(&part.entries);
+        Ok(self)
     }
 }
 
@@ -388,5 +448,47 @@ mod tests {
             .unwrap();
         assert_eq!(cut.parts().len(), 1, "one layer left to send");
         assert!(cut.prefixes().is_empty());
+    }
+
+    #[test]
+    fn a_docker_load_stream_adds_a_manifest_json_naming_the_config_and_every_layer() {
+        let img = TestImage::new(13, "linux/amd64", 2, 4096);
+        let (_dir, path) = write_temp(&docker_archive(&img, &["app:v1"]).tar());
+        let a = Archive::open(&Source::Path(path)).unwrap();
+        let image = a.summary().images[0].clone();
+        let staged = vec!["sideload.invalid/partial:r1-image".to_string()];
+        let plain = a
+            .stream_plan(&image, &HashSet::new(), &staged, None)
+            .unwrap();
+        let plan = plain.clone().with_docker_manifest(&image, &staged).unwrap();
+        assert_eq!(plan.index_sha256(), plain.index_sha256(), "the same index");
+        let mut out = Vec::new();
+        assert_eq!(a.write_plan(&plan, &mut out).unwrap(), plan.len());
+        let members = &tars(&out, &plan)[0];
+        let (_, manifest) = members.iter().find(|(p, _)| p == "manifest.json").unwrap();
+        assert_eq!(
+            sha256_digest(manifest),
+            format!("sha256:{}", plan.manifest_sha256().unwrap())
+        );
+        let manifest: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+        assert_eq!(manifest[0]["RepoTags"], serde_json::json!(staged));
+        // Every path it names is a member of the stream: docker load opens them.
+        let mut named = vec![manifest[0]["Config"].as_str().unwrap().to_string()];
+        named.extend(
+            manifest[0]["Layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_str().unwrap().to_string()),
+        );
+        assert_eq!(named.len(), 3);
+        for path in &named {
+            assert!(members.iter().any(|(p, _)| p == path), "{path}");
+        }
+        // Docker reuses no layer it holds: a stream without one is refused, not sent.
+        let skip = HashSet::from([image.layers[0].digest.clone()]);
+        let less = a.stream_plan(&image, &skip, &staged, None).unwrap();
+        let err = less.with_docker_manifest(&image, &staged).err().unwrap();
+        assert!(err.to_string().contains("every layer"), "{err}");
     }
 }

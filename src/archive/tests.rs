@@ -672,7 +672,7 @@ fn stdin_is_spooled_once_and_streams_like_a_file() {
         gzip(&docker25_archive(&img, "app:v2", "v2").tar()),
     ] {
         let from_file = open_ok(&bytes);
-        let a = Archive::open_reader(Trickle(&bytes), "stdin").unwrap();
+        let a = Archive::open_reader_one(Trickle(&bytes), "stdin").unwrap();
         assert_eq!(a.summary().size, bytes.len() as u64);
         assert_eq!(a.summary().digest, from_file.summary().digest);
         assert_eq!(a.summary().refs, from_file.summary().refs);
@@ -686,7 +686,9 @@ fn stdin_is_spooled_once_and_streams_like_a_file() {
 
 #[test]
 fn empty_stdin() {
-    let e = Archive::open_reader(io::empty(), "stdin").err().unwrap();
+    let e = Archive::open_reader_one(io::empty(), "stdin")
+        .err()
+        .unwrap();
     assert!(matches!(e, ArchiveError::EmptyStdin));
     assert_eq!(
         e.to_string().split(';').next().unwrap(),
@@ -830,7 +832,7 @@ fn truncated_archives() {
         );
     }
     // Stdin cut mid-layer.
-    let e = Archive::open_reader(&bytes[..mid_layer], "stdin")
+    let e = Archive::open_reader_one(&bytes[..mid_layer], "stdin")
         .err()
         .unwrap();
     assert!(matches!(e, ArchiveError::Truncated { .. }), "{e}");
@@ -1058,6 +1060,12 @@ fn layer_count_must_match_diff_ids() {
     );
 }
 
+/// All of an archive's images, as `Archive::open_all` gives them.
+fn open_all_bytes(bytes: &[u8]) -> Vec<Archive> {
+    let (_dir, path) = write_temp(bytes);
+    Archive::open_all(&Source::Path(path)).unwrap_or_else(|e| panic!("open failed: {e}"))
+}
+
 #[test]
 fn several_images_in_one_archive() {
     let a = TestImage::new(98, "linux/amd64", 1, 1_000);
@@ -1072,26 +1080,83 @@ fn several_images_in_one_archive() {
             &[("io.containerd.image.name", "docker.io/library/b:1")],
         ),
     ];
-    let e = open_err(&oci_archive(&[&a, &b], entries).tar());
+    let tar = oci_archive(&[&a, &b], entries).tar();
+    // One image at a time (status, inspect): refused, naming both.
+    let e = open_err(&tar);
     match &e {
         ArchiveError::MultipleImages { images, .. } => assert_eq!(images.len(), 2),
         other => panic!("{other}"),
     }
     assert!(e.to_string().contains("docker.io/library/b:1"));
+    // A load takes each, in the archive's order, each streaming exactly its own blobs.
+    let all = open_all_bytes(&tar);
+    assert_eq!(all.len(), 2);
+    for (archive, (img, name)) in all.iter().zip([(&a, "a"), (&b, "b")]) {
+        let summary = archive.summary();
+        assert_eq!(summary.refs, [format!("docker.io/library/{name}:1")]);
+        assert_eq!(summary.digest, img.descriptor()["digest"]);
+        let image = &summary.images[0];
+        check_write(archive, image, &no_skip());
+    }
 
-    let mut m = docker_archive(&a, &["a:1"]);
-    let b_cfg = format!("{}.json", hex(&b.config_digest()));
-    m.file(&b_cfg, b.config.clone());
-    let mut list: Value = serde_json::from_slice(m.get("manifest.json")).unwrap();
-    let mut second = list[0].clone();
-    second["Config"] = json!(b_cfg);
-    second["RepoTags"] = json!(["b:1"]);
-    list.as_array_mut().unwrap().push(second);
-    m.replace("manifest.json", serde_json::to_vec(&list).unwrap());
-    assert!(matches!(
-        open_err(&m.tar()),
-        ArchiveError::MultipleImages { .. }
-    ));
+    // docker save a:1 b:1 of two images that share their base layer: one stored copy,
+    // named by both manifest.json entries.
+    let base = layer(97, 2_000);
+    let own = layer(96, 500);
+    let config_b = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [sha256_digest(&base), sha256_digest(&own)]},
+    }))
+    .unwrap();
+    let config_a = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [sha256_digest(&base)]},
+    }))
+    .unwrap();
+    let mut m = Members::default();
+    m.file("base/layer.tar", base.clone());
+    m.file("own/layer.tar", own.clone());
+    let (ca, cb) = (
+        format!("{}.json", hex(&sha256_digest(&config_a))),
+        format!("{}.json", hex(&sha256_digest(&config_b))),
+    );
+    m.file(&ca, config_a);
+    m.file(&cb, config_b);
+    m.file(
+        "manifest.json",
+        serde_json::to_vec(&json!([
+            {"Config": ca, "RepoTags": ["a:1"], "Layers": ["base/layer.tar"]},
+            {"Config": cb, "RepoTags": ["b:1", "b:latest"], "Layers": ["base/layer.tar", "own/layer.tar"]},
+        ]))
+        .unwrap(),
+    );
+    let all = open_all_bytes(&m.tar());
+    let refs: Vec<&[String]> = all.iter().map(|a| &a.summary().refs[..]).collect();
+    assert_eq!(
+        refs,
+        [
+            &["docker.io/library/a:1".to_string()][..],
+            &[
+                "docker.io/library/b:1".to_string(),
+                "docker.io/library/b:latest".to_string()
+            ][..]
+        ]
+    );
+    let layers: Vec<Vec<&str>> = all
+        .iter()
+        .map(|a| {
+            a.summary().images[0]
+                .layers
+                .iter()
+                .map(|l| l.digest.as_str())
+                .collect()
+        })
+        .collect();
+    assert_eq!(layers[0], [sha256_digest(&base)]);
+    assert_eq!(layers[1], [sha256_digest(&base), sha256_digest(&own)]);
+    for archive in &all {
+        check_write(archive, &archive.summary().images[0], &no_skip());
+    }
 
     // Two tags of one image are one image.
     let entries = vec![
@@ -1422,7 +1487,7 @@ fn a_tar_of_countless_entries_is_refused() {
         bytes.extend_from_slice(h.as_bytes());
     }
     bytes.extend_from_slice(&[0; 1024]);
-    let e = Archive::open_reader(&bytes[..], "stdin").err().unwrap();
+    let e = Archive::open_reader_one(&bytes[..], "stdin").err().unwrap();
     assert!(matches!(e, ArchiveError::TooManyEntries { .. }), "{e}");
     assert_message_style(&e);
 }

@@ -13,7 +13,7 @@ use std::fmt;
 use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sideload_agent::protocol::{Answer, Command, Query, Run, Stdin};
+use sideload_agent::protocol::{Answer, Command, Query, Run};
 
 use super::cri::{self, Crictl};
 use super::{Inventory, Version, Wanted, first_executable, first_socket, socket_path};
@@ -484,18 +484,7 @@ impl super::Located for Located {
         args.push("-");
         let mut command = self.ctr(&args);
         command.timeout_secs = Some(IMPORT_TIMEOUT_SECS);
-        Run {
-            commands: vec![command],
-            stdin: Stdin::Pipe { bytes },
-            writable: Vec::new(),
-            scratch_at: None,
-            files: Default::default(),
-            index_digest: None,
-            framed: false,
-            relay: None,
-            parts: Vec::new(),
-            finally: Vec::new(),
-        }
+        Run::piped(command, bytes)
     }
 }
 
@@ -782,7 +771,10 @@ mod tests {
         let mut l = located();
         let w = wanted();
         let run = l.import(&w, 42);
-        assert_eq!(run.stdin, Stdin::Pipe { bytes: 42 });
+        assert_eq!(
+            run.stdin,
+            sideload_agent::protocol::Stdin::Pipe { bytes: 42 }
+        );
         assert_eq!(
             run.commands[0].argv,
             [

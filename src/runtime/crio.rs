@@ -16,7 +16,7 @@ use serde::Deserialize;
 use sideload_agent::protocol::{self, Answer, Command, HttpGet, Query, Run, Stdin};
 
 use super::cri::{self, Crictl};
-use super::{Inventory, Version, Wanted, first_executable, first_socket, socket_path};
+use super::{Inventory, Version, Wanted, candidate_sockets, first_executable, first_socket};
 use crate::cluster::helper::Needs;
 
 /// Where CRI-O's socket is by default (the kubelet's endpoint, when known, goes first).
@@ -179,17 +179,7 @@ impl super::Adapter for Adapter {
 }
 
 fn sockets(endpoint: Option<&str>) -> Vec<String> {
-    let mut out: Vec<String> = endpoint
-        .and_then(socket_path)
-        .into_iter()
-        .map(str::to_string)
-        .collect();
-    for s in SOCKETS {
-        if !out.iter().any(|o| o == s) {
-            out.push(s.to_string());
-        }
-    }
-    out
+    candidate_sockets(endpoint, SOCKETS, |_| true)
 }
 
 /// The `[crio]` table keys that name the storage.
@@ -540,6 +530,7 @@ impl super::Located for Located {
             scratch_at: Some(STAGING_PARENT.into()),
             files: [(STORAGE_CONF_STAGED.to_string(), self.storage.conf())].into(),
             index_digest: None,
+            manifest_digest: None,
             framed: false,
             relay: None,
             parts: Vec::new(),

@@ -10,6 +10,7 @@
 pub mod containerd;
 pub mod cri;
 pub mod crio;
+pub mod docker;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -67,12 +68,16 @@ impl Runtime {
     pub fn overridden(&self, kind: RuntimeKind, kubelet_version: &str) -> Runtime {
         match (kind, self) {
             (RuntimeKind::Containerd, Runtime::Containerd { .. })
-            | (RuntimeKind::CriO, Runtime::CriO { .. }) => self.clone(),
+            | (RuntimeKind::CriO, Runtime::CriO { .. })
+            | (RuntimeKind::Docker, Runtime::Docker { .. }) => self.clone(),
             (RuntimeKind::Containerd, _) => Runtime::Containerd {
                 version: Version::default(),
                 flavour: containerd::Flavour::detect(kubelet_version, false),
             },
             (RuntimeKind::CriO, _) => Runtime::CriO {
+                version: Version::default(),
+            },
+            (RuntimeKind::Docker, _) => Runtime::Docker {
                 version: Version::default(),
             },
         }
@@ -86,12 +91,10 @@ impl Runtime {
                 version: *version,
             })),
             Runtime::CriO { version } => Ok(Box::new(crio::Adapter { version: *version })),
-            Runtime::Docker { version } => Err(format!(
-                "runtime docker {version} (cri-dockerd) is not supported yet; load it with \
-                 `docker load` on the node"
-            )),
+            Runtime::Docker { version } => Ok(Box::new(docker::Adapter { version: *version })),
             Runtime::Other { raw } => Err(format!(
-                "unknown container runtime {raw:?}; containerd and CRI-O are supported"
+                "unknown container runtime {raw:?}; containerd, CRI-O and Docker Engine are \
+                 supported"
             )),
         }
     }
@@ -188,6 +191,11 @@ pub trait Located: Send + Sync + fmt::Debug {
     fn imports_in_parts(&self) -> bool {
         false
     }
+    /// Whether the import reads a docker-archive `manifest.json` (Docker Engine's
+    /// `docker load`), which the stream then carries beside its `index.json`.
+    fn reads_docker_manifest(&self) -> bool {
+        false
+    }
     /// Host commands run once the import succeeded, giving the image its real names: the
     /// stream names it only by a staging name (`transfer::staging_name`), so an import that
     /// fails half-way (a corrupted blob, a killed helper) never leaves a broken image under,
@@ -207,6 +215,15 @@ pub trait Located: Send + Sync + fmt::Debug {
     /// Host commands asking CRI about each of `refs` (`crictl inspecti`), read by
     /// [`cri::inspected`]; `None` where the node has no crictl.
     fn cri_inspect(&self, refs: &[String]) -> Option<Vec<Command>>;
+    /// The answers to [`Located::cri_inspect`], one per ref: the image as the kubelet sees
+    /// it, or `None` where it is not listed.
+    fn read_inspect(
+        &self,
+        refs: &[String],
+        results: &[sideload_agent::protocol::CommandResult],
+    ) -> Vec<Option<cri::CriImage>> {
+        cri::inspected(refs, results)
+    }
     /// A host command removing the name `reference` from the runtime (`rm`): the image
     /// goes with its last name, its layers when nothing else uses them.
     fn remove_ref(&self, reference: &str) -> Option<Command>;
@@ -277,6 +294,27 @@ fn first_executable<'a>(
         .find(|p| answer.paths.get(*p).is_some_and(|f| f.executable))
 }
 
+/// The sockets to look for: `endpoint`'s path first (unless `usable` says it is not this
+/// runtime's), then `defaults` not already named.
+fn candidate_sockets(
+    endpoint: Option<&str>,
+    defaults: &[&str],
+    usable: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let mut out: Vec<String> = endpoint
+        .and_then(socket_path)
+        .filter(|p| usable(p))
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    for s in defaults {
+        if !out.iter().any(|o| o == s) {
+            out.push(s.to_string());
+        }
+    }
+    out
+}
+
 /// `unix:///run/x.sock` → `/run/x.sock`; other schemes are not sockets we can use.
 fn socket_path(endpoint: &str) -> Option<&str> {
     match endpoint.split_once("://") {
@@ -317,7 +355,11 @@ mod tests {
         assert_eq!(crio.to_string(), "cri-o 1.34.0");
         assert!(crio.adapter().is_ok());
         let docker = Runtime::from_node_info("docker://28.2.2", "v1.34.0", false);
-        assert!(docker.adapter().unwrap_err().contains("docker load"));
+        assert_eq!(docker.to_string(), "docker 28.2.2");
+        assert_eq!(
+            docker.adapter().unwrap().method(),
+            "docker load into Docker Engine"
+        );
         let odd = Runtime::from_node_info("frakti://1", "v1.30.1", false);
         assert!(odd.adapter().unwrap_err().contains("frakti"));
     }

@@ -255,9 +255,12 @@ build_all() {
 ensure_packages() {
   local missing=() pair cmd pkg
   # node-d (CRI-O) runs Debian's conmon and writes its images with Debian's skopeo/podman.
+  # dockerd and podman are also the local engines of the docker:// and podman:// tests
+  # (tests/e2e_sources.rs starts its own dockerd; the package's service is never started).
   for pair in "containerd containerd" "runc runc" "ip iproute2" "nsenter util-linux" \
               "openssl openssl" "musl-gcc musl-tools" "iptables iptables" "conntrack conntrack" \
-              "python3 python3" "flock util-linux" "conmon conmon" "skopeo skopeo" "podman podman"; do
+              "python3 python3" "flock util-linux" "conmon conmon" "skopeo skopeo" "podman podman" \
+              "dockerd docker.io"; do
     cmd=${pair%% *}; pkg=${pair#* }
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
   done
