@@ -417,23 +417,23 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
 /// The nodes that hold every image of the run now (each loaded there, or found already
 /// there): the ones a workload's pods can run on.
 fn covered_by_all(plans: &[Plan], results: &[Vec<load::NodeResult>]) -> BTreeSet<String> {
-    let mut covered: Option<BTreeSet<String>> = None;
-    for (plan, results) in plans.iter().zip(results) {
-        let here: BTreeSet<String> = plan
-            .nodes
+    in_every(plans.iter().zip(results).map(|(plan, results)| {
+        plan.nodes
             .iter()
             .zip(results)
             .filter(|(n, r)| {
                 matches!(n.decision, Decision::Load { .. }) && r.status != Status::Failed
             })
             .map(|(_, r)| r.name.clone())
-            .collect();
-        covered = Some(match covered {
-            None => here,
-            Some(before) => before.intersection(&here).cloned().collect(),
-        });
-    }
-    covered.unwrap_or_default()
+            .collect()
+    }))
+}
+
+/// The node names in every one of `sets`, one set per image of the run (none without).
+fn in_every(sets: impl IntoIterator<Item = BTreeSet<String>>) -> BTreeSet<String> {
+    sets.into_iter()
+        .reduce(|all, here| all.intersection(&here).cloned().collect())
+        .unwrap_or_default()
 }
 
 /// The run's report in the format asked for.
@@ -515,15 +515,7 @@ async fn stopping(signals: &mut Signals, deadline: &Deadline) -> Stop {
 
 /// The nodes every plan will load (the `Load` decisions all plans share).
 fn loading_all(plans: &[Plan]) -> BTreeSet<String> {
-    let mut all: Option<BTreeSet<String>> = None;
-    for plan in plans {
-        let here = loading(plan);
-        all = Some(match all {
-            None => here,
-            Some(before) => before.intersection(&here).cloned().collect(),
-        });
-    }
-    all.unwrap_or_default()
+    in_every(plans.iter().map(loading))
 }
 
 /// The nodes the plan will load (its `Load` decisions).
@@ -956,6 +948,21 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_nodes_in_every_images_set_count() {
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(
+            in_every([
+                set(&["a", "b", "c"]),
+                set(&["b", "c"]),
+                set(&["c", "b", "d"])
+            ]),
+            set(&["b", "c"])
+        );
+        assert_eq!(in_every([set(&["a"])]), set(&["a"]));
+        assert!(in_every(Vec::new()).is_empty());
+    }
 
     #[test]
     fn run_ids_are_short_label_safe_and_differ() {
