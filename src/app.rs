@@ -2,7 +2,7 @@
 //! cluster is touched; the plan is whole before any pod is created; every pod created is
 //! deleted again, also on Ctrl-C, SIGTERM and SIGHUP.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -234,28 +234,25 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
     let helper_namespace = args.helper_namespace.as_str();
 
     let progress = Progress::for_stderr();
-    let cancel = CancellationToken::new();
-    let stopped_by = Arc::new(std::sync::OnceLock::new());
-    let runs: Vec<load::Run> = images
+    let run = load::Run {
+        client: cluster.client.clone(),
+        force: args.force,
+        parallel: usize::from(args.parallel),
+        helper_timeout: args.helper_timeout,
+        retries: args.retries,
+        relay: args.relay == Relay::Auto,
+        compress: args.compress == Compress::Auto,
+        pipeline: args.pipeline == Pipeline::Auto,
+        pin: args.pin,
+        run_id: run_id.clone(),
+        cancel: CancellationToken::new(),
+        stopped_by: Default::default(),
+        progress: progress.clone(),
+    };
+    let loads: Vec<load::Image<'_>> = images
         .iter()
-        .enumerate()
-        .map(|(i, image)| load::Run {
-            client: cluster.client.clone(),
-            archive: Arc::clone(image),
-            force: args.force,
-            parallel: usize::from(args.parallel),
-            helper_timeout: args.helper_timeout,
-            retries: args.retries,
-            relay: args.relay == Relay::Auto,
-            compress: args.compress == Compress::Auto,
-            pipeline: args.pipeline == Pipeline::Auto,
-            pin: args.pin,
-            run_id: run_id.clone(),
-            cancel: cancel.clone(),
-            stopped_by: Arc::clone(&stopped_by),
-            first_attempt: i as u32 * (args.retries + 1),
-            progress: progress.clone(),
-        })
+        .zip(&plans)
+        .map(|(archive, plan)| load::Image { archive, plan })
         .collect();
     let configmaps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), helper_namespace);
     let mut signals = Signals::listen();
@@ -276,14 +273,10 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
     let execute = async {
         // The agent's ConfigMaps first: the helper pods mount them.
         agent::create_configmaps(&configmaps, &run_id, &architectures, false).await?;
-        // One image after another: the next image's inventory finds the layers the one
-        // before brought, so a layer shared by two images crosses the wire once per node.
-        // Not stopped early on cancel: a cancelled execute creates nothing and gives each
-        // node its row naming the step, so the report has every node and image.
-        for (run, plan) in runs.iter().zip(&plans) {
-            let results = load::execute(run, plan).await;
-            done.lock().unwrap().push(results);
-        }
+        // One helper per node for every image; the images one after another (load.rs).
+        // Not stopped early on cancel: a cancelled execute creates nothing more and gives
+        // each node and image its row naming the step, so the report has every one.
+        *done.lock().unwrap() = load::execute(&run, &loads).await;
         Ok::<_, anyhow::Error>(())
     };
     tokio::pin!(execute);
@@ -294,7 +287,7 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
                 "{}: stopping and deleting helper pods (interrupt to quit at once) …",
                 stop.why
             ));
-            runs[0].stop(&stop.why);
+            run.stop(&stop.why);
             // Every node task deletes the pod it created; then sweep by run label for any
             // delete that failed.
             let finished = tokio::select! {
@@ -357,13 +350,13 @@ async fn sideload(args: LoadArgs, kube: &KubeArgs) -> Result<ExitCode> {
         .filter(|r| r.status == Status::Failed)
         .count();
     let mut workload_results = Vec::new();
-    if let Some(stage) = stage {
+    if let Some(mut stage) = stage {
         // Nodes that hold every image now: loaded, or found already there.
         let covered = covered_by_all(&plans, &results);
+        stage.records = label_records(&plans, &covered);
         // Plain lines: the load bars are finished, and redrawing them (MultiProgress::println)
         // around the prompt would garble it.
         let say = |line: &str| eprintln!("{line}");
-        let mut stage = stage;
         if let Some(left) = deadline.left() {
             stage.opts.timeout = stage.opts.timeout.min(left);
         }
@@ -427,6 +420,28 @@ fn covered_by_all(plans: &[Plan], results: &[Vec<load::NodeResult>]) -> BTreeSet
             .map(|(_, r)| r.name.clone())
             .collect()
     }))
+}
+
+/// What a `--constrain` label promises on each of `covered`: every image of the run, by
+/// its names and its ID for the node's platform.
+fn label_records(
+    plans: &[Plan],
+    covered: &BTreeSet<String>,
+) -> BTreeMap<String, workload::labels::Record> {
+    let mut records: BTreeMap<String, workload::labels::Record> = BTreeMap::new();
+    for plan in plans {
+        for n in plan.nodes.iter().filter(|n| covered.contains(&n.node.name)) {
+            if let Decision::Load { wanted, .. } = &n.decision {
+                records.entry(n.node.name.clone()).or_default().images.push(
+                    workload::labels::Promised {
+                        refs: wanted.refs.clone(),
+                        id: wanted.config.clone(),
+                    },
+                );
+            }
+        }
+    }
+    records
 }
 
 /// The node names in every one of `sets`, one set per image of the run (none without).
@@ -572,6 +587,7 @@ async fn workload_stage(
         workloads,
         nodes: all_nodes.to_vec(),
         label_key: workload::placement::label_key(&digest),
+        records: BTreeMap::new(),
         opts: workload::Options {
             constrain: args.constrain,
             allow_partial: args.allow_partial,

@@ -1,15 +1,19 @@
-//! Executing a plan, in three phases, so that nodes needing the same bytes share one upload:
+//! Executing the run's plans: every image of the run through one helper pod per node, in
+//! three phases, so that nodes needing the same bytes share one upload:
 //!
-//! 1. prepare, per node in parallel (bounded): helper pod up (the next candidate image if
-//!    one is gone) → locate the runtime → what the node holds. Nodes already holding the
-//!    image, complete, end here.
-//! 2. transfer: nodes that need the same stream get it through one upload, relayed node to
-//!    node (`transfer::relay_tree`); every other node, and every relay member the stream
-//!    did not reach, gets its own stream.
-//! 3. verify, per node through CRI; then every helper pod is deleted.
+//! 1. reach, per node in parallel (bounded): helper pod up (the next candidate image if
+//!    one is gone) → the agent's session open → the runtime located. Once per node,
+//!    whatever the number of images.
+//! 2. per image, one after another (the next image's inventory then finds the layers the
+//!    one before brought, so a layer two images share crosses the wire once per node):
+//!    what each node holds of it (nodes holding it, complete, are done with it) →
+//!    transfer: nodes that need the same stream get it through one upload, relayed node
+//!    to node (`transfer::relay_tree`); every other node, and every relay member the
+//!    stream did not reach, gets its own stream → verify through CRI (and pin).
+//! 3. every helper pod is deleted.
 //!
 //! Runtime-agnostic: every runtime is driven through `runtime::Adapter`. One node's failure
-//! never stops the others; each ends with a `NodeResult`.
+//! never stops the others; each node and image ends with a `NodeResult`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -28,8 +32,10 @@ use crate::archive::Archive;
 use crate::cluster::agent::{Agent, Session};
 use crate::cluster::errors::{is_permanent, is_transient, persist};
 use crate::cluster::exec::Output;
+use crate::cluster::helper;
+use crate::cluster::nodes::NodeFacts;
 use crate::pin;
-use crate::plan::{Decision, NodePlan, Plan};
+use crate::plan::{Decision, Plan};
 use crate::progress::Progress;
 use crate::reach::{self, HelperPlan, Reach};
 use crate::runtime::{Inventory, Located, Wanted};
@@ -51,6 +57,7 @@ pub enum Status {
     Failed,
 }
 
+/// How one node ended for one image.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeResult {
     pub name: String,
@@ -64,6 +71,10 @@ pub struct NodeResult {
     pub seconds: f64,
     /// Why it was skipped or failed.
     pub error: Option<String>,
+    /// The helper pod that served the node (one per node for every image of the run, a
+    /// new one per retry); absent where none ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub helper: Option<String>,
     /// The runtime as found on the node, and what vouched for the image there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
@@ -91,10 +102,9 @@ pub struct NodeResult {
     pub retryable: bool,
 }
 
-/// Settings of a run that every node shares.
+/// Settings of a run that every node and image shares.
 pub struct Run {
     pub client: kube::Client,
-    pub archive: Arc<Archive>,
     pub force: bool,
     pub parallel: usize,
     pub helper_timeout: Duration,
@@ -116,13 +126,15 @@ pub struct Run {
     /// still in flight when the signal came is never orphaned.
     pub cancel: CancellationToken,
     /// Why the run was cancelled ("interrupt", "--timeout 5m passed"), for the node rows.
-    /// Shared, like `cancel`, by the `Run`s of one command's images.
     pub stopped_by: Arc<std::sync::OnceLock<String>>,
-    /// The first attempt number this run's helper pods are named with: a run that loads
-    /// several images, one after another, starts each image's past the earlier ones', so
-    /// no pod name is taken by a pod of the image before that is still terminating.
-    pub first_attempt: u32,
     pub progress: Progress,
+}
+
+/// One image of the run: its archive and its plan. Every image's plan decides the same
+/// nodes, in the same order.
+pub struct Image<'a> {
+    pub archive: &'a Arc<Archive>,
+    pub plan: &'a Plan,
 }
 
 impl Run {
@@ -151,19 +163,49 @@ impl Run {
     }
 }
 
-/// A node between the phases: its helper runs, its runtime is located, its inventory taken.
-struct Ready<'p> {
-    node: &'p NodePlan,
-    wanted: &'p Wanted,
-    /// The agent's open session: the lookups were asked in it, the verification will be.
+/// A node and the images (indexes into the run's images, in order) still to load there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Todo {
+    node: usize,
+    images: Vec<usize>,
+}
+
+/// A node after phase 1: its helper runs, its agent's session is open, its runtime is
+/// located. It serves every image of the attempt.
+struct Helper<'p> {
+    todo: &'p Todo,
+    node: &'p NodeFacts,
     session: Session,
     pod: String,
-    pod_ip: Option<String>,
+    /// Where relay peers reach its agent: known once the kubelet reported it
+    /// ([`relay_addresses`]).
+    pod_ip: std::sync::OnceLock<String>,
     located: Box<dyn Located>,
-    inventory: Inventory,
+    runtime: String,
     bar: ProgressBar,
     started: Instant,
-    runtime: String,
+}
+
+/// A node that needs an image's bytes, between inventory and verification.
+struct Ready<'p> {
+    helper: &'p Helper<'p>,
+    wanted: &'p Wanted,
+    inventory: Inventory,
+    started: Instant,
+    /// "" for a run of one image, else "image 2/3: ", before every progress message.
+    tag: String,
+}
+
+impl Ready<'_> {
+    fn name(&self) -> &str {
+        &self.helper.node.name
+    }
+
+    fn say(&self, message: impl std::fmt::Display) {
+        self.helper
+            .bar
+            .set_message(format!("{}{message}", self.tag));
+    }
 }
 
 /// What phase 2 made of a ready node.
@@ -178,26 +220,85 @@ enum Moved {
     Failed(anyhow::Error, String),
 }
 
-/// Loads every node the plan says to, retrying nodes whose failure may pass (a dropped
-/// stream, a helper pod killed, a runtime restarting) up to `run.retries` times. A retry
-/// starts the node over with a new helper pod and a fresh inventory, so it sends only what
-/// the node still lacks; nodes retried together share one upload again.
-pub async fn execute(run: &Run, plan: &Plan) -> Vec<NodeResult> {
-    let every: Vec<&NodePlan> = plan.nodes.iter().collect();
-    let mut results = attempt(run, plan, &every, run.first_attempt).await;
-    for retry in 1..=run.retries {
-        let again: Vec<usize> = (0..results.len())
-            .filter(|&i| results[i].status == Status::Failed && results[i].retryable)
-            .collect();
-        if again.is_empty() || run.cancel.is_cancelled() {
+/// Loads every image the plans say to on every node, retrying nodes whose failure may pass
+/// (a dropped stream, a helper pod killed, a runtime restarting) up to `run.retries` times.
+/// A retry starts the node over with a new helper pod and fresh inventories, for the
+/// images it still lacks, so it is sent only what it still lacks; nodes retried together
+/// share one upload again. Rows per image, each in its plan's node order.
+pub async fn execute(run: &Run, images: &[Image<'_>]) -> Vec<Vec<NodeResult>> {
+    let Some(first) = images.first() else {
+        return Vec::new();
+    };
+    let started = Instant::now();
+    let mut rows: Vec<Vec<Option<NodeResult>>> = images
+        .iter()
+        .map(|_| vec![None; first.plan.nodes.len()])
+        .collect();
+    let mut todo = Vec::new();
+    for (i, node) in first.plan.nodes.iter().enumerate() {
+        let mut wanted = Vec::new();
+        for (k, image) in images.iter().enumerate() {
+            match &image.plan.nodes[i].decision {
+                Decision::Skip { reason } | Decision::Refuse { reason } => {
+                    rows[k][i] = Some(result(
+                        &node.node.name,
+                        started,
+                        Status::Skipped,
+                        Some(reason.clone()),
+                    ));
+                }
+                Decision::Load { .. } => wanted.push(k),
+            }
+        }
+        if !wanted.is_empty() {
+            todo.push(Todo {
+                node: i,
+                images: wanted,
+            });
+        }
+    }
+    let mut retry = 0;
+    while !todo.is_empty() {
+        for (i, k, r) in attempt(run, images, &todo, retry).await {
+            rows[k][i] = Some(match rows[k][i].take() {
+                Some(before) => after_retry(before, r),
+                None => r,
+            });
+        }
+        if retry >= run.retries || run.cancel.is_cancelled() {
             break;
         }
+        // Nodes with an image that failed in a way another attempt could change.
+        let again: Vec<Todo> = todo
+            .iter()
+            .filter_map(|t| {
+                let images: Vec<usize> = t
+                    .images
+                    .iter()
+                    .copied()
+                    .filter(|&k| {
+                        rows[k][t.node]
+                            .as_ref()
+                            .is_some_and(|r| r.status == Status::Failed && r.retryable)
+                    })
+                    .collect();
+                (!images.is_empty()).then_some(Todo {
+                    node: t.node,
+                    images,
+                })
+            })
+            .collect();
+        if again.is_empty() {
+            break;
+        }
+        retry += 1;
         let wait = backoff(retry);
-        for &i in &again {
+        for t in &again {
+            let r = rows[t.images[0]][t.node].as_ref().expect("a failed row");
             run.progress.println(&format!(
                 "{}: {}; retrying in {} s (retry {retry} of {})",
-                results[i].name,
-                results[i].error.as_deref().unwrap_or("failed"),
+                r.name,
+                r.error.as_deref().unwrap_or("failed"),
                 wait.as_secs(),
                 run.retries
             ));
@@ -209,40 +310,44 @@ pub async fn execute(run: &Run, plan: &Plan) -> Vec<NodeResult> {
         // A retry needs the API server (it may be restarting: that is often why the
         // attempt failed) and a node whose kubelet still reports: a pod for a NotReady
         // node would only wait out --helper-timeout.
-        let names: Vec<&str> = again.iter().map(|&i| results[i].name.as_str()).collect();
+        let names: Vec<&str> = again
+            .iter()
+            .map(|t| first.plan.nodes[t.node].node.name.as_str())
+            .collect();
         let why_not = tokio::select! {
             why = why_not_retry(run, &names) => why,
             () = run.cancel.cancelled() => break,
         };
-        let again: Vec<usize> = again
+        todo = again
             .into_iter()
-            .filter(|&i| match why_not.get(&results[i].name) {
-                Some(why) => {
-                    let r = &mut results[i];
-                    r.retryable = false;
-                    r.error = Some(format!(
-                        "{}; not retried: {why}",
-                        r.error.as_deref().unwrap_or("failed")
-                    ));
-                    false
+            .filter(|t| {
+                let Some(why) = why_not.get(&first.plan.nodes[t.node].node.name) else {
+                    return true;
+                };
+                for &k in &t.images {
+                    if let Some(r) = rows[k][t.node].as_mut() {
+                        r.retryable = false;
+                        r.error = Some(format!(
+                            "{}; not retried: {why}",
+                            r.error.as_deref().unwrap_or("failed")
+                        ));
+                    }
                 }
-                None => true,
+                false
             })
             .collect();
-        if again.is_empty() {
-            break;
-        }
-        let nodes: Vec<&NodePlan> = again.iter().map(|&i| &plan.nodes[i]).collect();
-        let redone = attempt(run, plan, &nodes, run.first_attempt + retry).await;
-        for (i, mut r) in again.into_iter().zip(redone) {
-            let before = std::mem::take(&mut results[i]);
-            r.earlier_failures = before.earlier_failures;
-            r.earlier_failures.extend(before.error);
-            r.attempts = before.attempts + 1;
-            results[i] = r;
-        }
     }
-    results
+    rows.into_iter()
+        .map(|image| image.into_iter().map(Option::unwrap_or_default).collect())
+        .collect()
+}
+
+/// A retry's row, carrying what the attempts before it saw.
+fn after_retry(before: NodeResult, mut r: NodeResult) -> NodeResult {
+    r.earlier_failures = before.earlier_failures;
+    r.earlier_failures.extend(before.error);
+    r.attempts = before.attempts + 1;
+    r
 }
 
 /// How long a retry waits for an API server that does not answer.
@@ -277,46 +382,177 @@ fn backoff(n: u32) -> Duration {
     Duration::from_secs(1 << n.saturating_sub(1).min(3))
 }
 
-/// One attempt on `nodes` (every node of the plan, or those being retried), results in the
-/// same order. `retry` is 0 for the first attempt; it keeps helper pod names unique.
-async fn attempt(run: &Run, plan: &Plan, nodes: &[&NodePlan], retry: u32) -> Vec<NodeResult> {
+/// One attempt on the nodes of `todo`, each with the images it lists: rows as (node index,
+/// image index, result). `retry` is 0 for the first attempt; it keeps helper pod names
+/// unique.
+async fn attempt(
+    run: &Run,
+    images: &[Image<'_>],
+    todo: &[Todo],
+    retry: u32,
+) -> Vec<(usize, usize, NodeResult)> {
+    let plan = images[0].plan;
     let pods: Api<Pod> = Api::namespaced(run.client.clone(), &plan.helper_namespace);
-    let mut results: BTreeMap<usize, NodeResult> = BTreeMap::new();
+    let mut rows = Vec::new();
 
     // Phase 1, every node at once (bounded only against huge clusters): a helper pod
     // takes seconds to start and costs little, and starting them all up front keeps small
     // images from waiting on pod starts one batch after another. `--parallel` bounds the
     // streams of phase 2, which are what costs.
-    let prepared: Vec<(usize, Result<Ready<'_>, NodeResult>)> =
-        futures::stream::iter(nodes.iter().enumerate())
-            .map(|(i, node)| {
-                let pods = &pods;
-                async move { (i, prepare(run, pods, plan, node, retry).await) }
-            })
-            .buffered(PREPARE_AT_ONCE.max(run.parallel))
-            .collect()
-            .await;
-    let mut ready = Vec::new();
-    for (i, p) in prepared {
-        match p {
-            Ok(r) => ready.push((i, r)),
-            Err(done) => {
-                results.insert(i, done);
-            }
+    let reached: Vec<(&Todo, Result<Helper<'_>, NodeResult>)> = futures::stream::iter(todo)
+        .map(|t| {
+            let pods = &pods;
+            async move { (t, reach_node(run, pods, images, t, retry).await) }
+        })
+        .buffered(PREPARE_AT_ONCE.max(run.parallel))
+        .collect()
+        .await;
+    let mut helpers = Vec::new();
+    for (t, reached) in reached {
+        match reached {
+            Ok(helper) => helpers.push(helper),
+            Err(failed) => rows.extend(t.images.iter().map(|&k| (t.node, k, failed.clone()))),
         }
     }
 
-    // Phase 2.
-    let moved = move_bytes(run, &pods, &ready).await;
+    // Phase 2, image by image. A node that failed one image is not tried with the next
+    // (its helper may be gone); a retry takes it up again.
+    let mut broken: Vec<Option<NodeResult>> = helpers.iter().map(|_| None).collect();
+    let mut served: Vec<bool> = helpers.iter().map(|_| false).collect();
+    for (k, image) in images.iter().enumerate() {
+        let tag = if images.len() > 1 {
+            format!("image {}/{}: ", k + 1, images.len())
+        } else {
+            String::new()
+        };
+        let mut ready = Vec::new();
+        let mut looked = Vec::new();
+        for (h, helper) in helpers.iter().enumerate() {
+            if !helper.todo.images.contains(&k) {
+                continue;
+            }
+            // The first image's time includes the helper's start.
+            let started = if std::mem::replace(&mut served[h], true) {
+                Instant::now()
+            } else {
+                helper.started
+            };
+            if let Some(cause) = &broken[h] {
+                rows.push((helper.todo.node, k, not_tried(cause, started)));
+                continue;
+            }
+            if run.cancel.is_cancelled() {
+                let err = run.stopped("waiting for the images before it");
+                rows.push((helper.todo.node, k, failed(run, helper, started, err)));
+                continue;
+            }
+            let Decision::Load { wanted, .. } = &image.plan.nodes[helper.todo.node].decision else {
+                continue;
+            };
+            looked.push((h, wanted.as_ref(), started));
+        }
+        let inventories = futures::future::join_all(looked.iter().map(|&(h, wanted, _)| {
+            let helper = &helpers[h];
+            let tag = &tag;
+            async move {
+                helper.bar.set_message(format!("{tag}what the node holds"));
+                tokio::select! {
+                    taken = reach::inventory(&helper.session, helper.located.as_ref(), wanted) => taken,
+                    () = run.cancel.cancelled() => Err(run.stopped("asking the node agent what the node holds")),
+                }
+            }
+        }))
+        .await;
+        let mut present = Vec::new();
+        for ((h, wanted, started), taken) in looked.into_iter().zip(inventories) {
+            let helper = &helpers[h];
+            match taken {
+                Ok(inventory) if run.force || !inventory.missing.is_empty() => {
+                    tracing::debug!(node = %helper.node.name, missing = ?inventory.missing, present = inventory.layers_present.len(), "what the node lacks");
+                    ready.push(Ready {
+                        helper,
+                        wanted,
+                        inventory,
+                        started,
+                        tag: tag.clone(),
+                    });
+                }
+                Ok(inventory) => present.push((h, wanted, inventory, started)),
+                Err(err) => {
+                    let row = failed(run, helper, started, err);
+                    broken[h] = Some(row.clone());
+                    rows.push((helper.todo.node, k, row));
+                }
+            }
+        }
+        let already = futures::future::join_all(present.into_iter().map(
+            |(h, wanted, inventory, started)| {
+                let helper = &helpers[h];
+                async move {
+                    (
+                        h,
+                        already_present(run, helper, wanted, inventory, started).await,
+                    )
+                }
+            },
+        ))
+        .await;
+        let moved = move_bytes(run, image, &pods, &ready).await;
+        let finished = futures::future::join_all(
+            ready
+                .iter()
+                .zip(moved)
+                .map(|(r, m)| async move { (r, finish(run, r, m).await) }),
+        )
+        .await;
+        let ends = already.into_iter().chain(
+            finished
+                .into_iter()
+                .map(|(r, row)| (index_of(&helpers, r.helper), row)),
+        );
+        for (h, row) in ends {
+            if row.status == Status::Failed {
+                broken[h] = Some(row.clone());
+            }
+            rows.push((helpers[h].todo.node, k, row));
+        }
+    }
 
-    // Phase 3, and the helpers go.
-    let finished = futures::future::join_all(ready.iter().zip(moved).map(|((i, r), m)| {
-        let pods = &pods;
-        async move { (*i, finish(run, pods, r, m).await) }
-    }))
-    .await;
-    results.extend(finished);
-    results.into_values().collect()
+    // Phase 3: the helpers go. One that cannot be deleted fails its node's rows: "no
+    // helper left behind" is part of a load.
+    let removed =
+        futures::future::join_all(helpers.iter().map(|h| reach::remove(&pods, &h.pod, &h.bar)))
+            .await;
+    for (h, removed) in helpers.iter().zip(removed) {
+        let mine = rows.iter_mut().filter(|(i, _, _)| *i == h.todo.node);
+        let mut ok = true;
+        for (_, _, row) in mine {
+            if let Err(err) = &removed
+                && row.status != Status::Failed
+            {
+                row.status = Status::Failed;
+                row.bytes_sent = 0;
+                row.bytes_received = 0;
+                row.retryable = retryable(run, err);
+                row.error = Some(format!("{err:#}"));
+            }
+            ok &= row.status != Status::Failed;
+        }
+        if ok {
+            h.bar.finish_with_message("done");
+        } else {
+            h.bar.abandon_with_message("failed");
+        }
+    }
+    rows
+}
+
+/// Which of `helpers` `helper` is.
+fn index_of(helpers: &[Helper<'_>], helper: &Helper<'_>) -> usize {
+    helpers
+        .iter()
+        .position(|h| std::ptr::eq(h, helper))
+        .expect("a ready node's helper is one of the attempt's")
 }
 
 fn result(node: &str, started: Instant, status: Status, error: Option<String>) -> NodeResult {
@@ -328,6 +564,7 @@ fn result(node: &str, started: Instant, status: Status, error: Option<String>) -
         layers_reused: 0,
         seconds: started.elapsed().as_secs_f64(),
         error,
+        helper: None,
         runtime: None,
         verified_by: None,
         via: None,
@@ -346,153 +583,175 @@ impl Default for NodeResult {
     }
 }
 
+/// A node's row for an image that failed with `err` there.
+fn failed(run: &Run, helper: &Helper<'_>, started: Instant, err: anyhow::Error) -> NodeResult {
+    let mut r = result(
+        &helper.node.name,
+        started,
+        Status::Failed,
+        Some(format!("{err:#}")),
+    );
+    r.helper = Some(helper.pod.clone());
+    r.runtime = Some(helper.runtime.clone());
+    r.retryable = retryable(run, &err);
+    r
+}
+
+/// The row of an image a node was not tried with, because an image before it failed
+/// there: retried (or not) with it.
+fn not_tried(cause: &NodeResult, started: Instant) -> NodeResult {
+    let mut r = result(
+        &cause.name,
+        started,
+        Status::Failed,
+        Some(format!(
+            "not tried: an image before it failed on this node ({})",
+            cause.error.as_deref().unwrap_or("failed")
+        )),
+    );
+    r.helper = cause.helper.clone();
+    r.runtime = cause.runtime.clone();
+    r.retryable = cause.retryable;
+    r
+}
+
 /// Whether a node that failed with `err` is worth another attempt.
 fn retryable(run: &Run, err: &anyhow::Error) -> bool {
     !run.cancel.is_cancelled() && !is_permanent(err)
 }
 
-/// Phase 1 for one node: `Ok` when it needs bytes (its helper then stays up), else its
-/// result (and its helper is gone already).
-async fn prepare<'p>(
+/// Phase 1 for one node: its helper pod up (from the first image's plan: the helper does
+/// not depend on the image), the agent's session open, the runtime located; or the row
+/// every image of the node gets when that failed.
+async fn reach_node<'p>(
     run: &Run,
     pods: &Api<Pod>,
-    plan: &'p Plan,
-    node: &'p NodePlan,
+    images: &'p [Image<'p>],
+    todo: &'p Todo,
     retry: u32,
-) -> Result<Ready<'p>, NodeResult> {
+) -> Result<Helper<'p>, NodeResult> {
     let started = Instant::now();
+    let planned = &images[todo.images[0]].plan;
+    let node = &planned.nodes[todo.node];
     let name = node.node.name.as_str();
-    let (wanted, helper) = match &node.decision {
-        Decision::Skip { reason } | Decision::Refuse { reason } => {
-            return Err(result(name, started, Status::Skipped, Some(reason.clone())));
-        }
-        Decision::Load {
-            wanted,
-            candidates,
-            needs,
-            pod,
-            ..
-        } => (
-            wanted.as_ref(),
-            HelperPlan {
-                candidates,
-                needs: *needs,
-                first_pod: pod,
-            },
-        ),
+    let Decision::Load {
+        candidates,
+        needs,
+        pod,
+        ..
+    } = &node.decision
+    else {
+        unreachable!("a node is reached only for images it loads");
+    };
+    let helper = HelperPlan {
+        candidates,
+        needs: *needs,
+        first_pod: pod,
     };
     let bar = run.progress.node_bar(name);
-    let failed = |err: anyhow::Error, bar: &ProgressBar| {
+    let failed = |err: anyhow::Error, pod: Option<&str>, bar: &ProgressBar| {
         bar.abandon_with_message("failed");
         let mut r = result(name, started, Status::Failed, Some(format!("{err:#}")));
+        r.helper = pod.map(str::to_string);
         r.retryable = retryable(run, &err);
         r
     };
     let running = run
-        .reach(pods, plan)
+        .reach(pods, planned)
         .start(&node.node, &helper, &bar, retry)
         .await;
-    let (pod, pod_ip) = match running {
-        Ok(p) => p,
-        Err(err) => return Err(failed(err, &bar)),
+    let reach::Reached { pod, ip, session } = match running {
+        Ok(reached) => reached,
+        Err(err) => return Err(failed(err, None, &bar)),
     };
-    let agent = Agent { pods, pod: &pod };
-    let looked = tokio::select! {
-        looked = async {
-            let session = Session::open(&agent).await?;
-            let (located, inventory) = look(&session, node, wanted, &bar).await?;
-            Ok((session, located, inventory))
-        } => looked,
-        () = run.cancel.cancelled() => Err(run.stopped("asking the node agent what the node holds")),
+    let located = tokio::select! {
+        located = reach::locate(&session, &node.node, &bar) => located,
+        () = run.cancel.cancelled() => Err(run.stopped("asking the node agent where the runtime is")),
     };
-    match looked {
-        Ok((session, located, inventory)) if run.force || !inventory.missing.is_empty() => {
+    match located {
+        Ok(located) => {
             let runtime = located.describe();
-            Ok(Ready {
-                node,
-                wanted,
+            let pod_ip = std::sync::OnceLock::new();
+            if let Some(ip) = ip {
+                let _ = pod_ip.set(ip);
+            }
+            Ok(Helper {
+                todo,
+                node: &node.node,
                 session,
                 pod,
                 pod_ip,
                 located,
-                inventory,
+                runtime,
                 bar,
                 started,
-                runtime,
             })
-        }
-        Ok((session, located, inventory)) => {
-            let pinned = pin_if_asked(run, &session, located.as_ref(), wanted, &bar).await;
-            drop(session);
-            let removed = reach::remove(pods, &pod, &bar).await;
-            bar.finish_with_message("already present");
-            let mut r = result(
-                name,
-                started,
-                Status::Skipped,
-                Some(
-                    "already present, complete, with the same digest (use --force to re-import)"
-                        .into(),
-                ),
-            );
-            r.runtime = Some(located.describe());
-            r.verified_by = Some(inventory.checked_by);
-            let failed = pinned.and_then(|pin| {
-                if let Some(pin) = pin {
-                    r.pinned = Some(pin.done);
-                    r.pin_note = Some(pin.note);
-                }
-                removed
-            });
-            if let Err(err) = failed {
-                r.status = Status::Failed;
-                r.retryable = retryable(run, &err);
-                r.error = Some(format!("{err:#}"));
-            }
-            Err(r)
         }
         Err(err) => {
             let _ = reach::remove(pods, &pod, &bar).await;
-            Err(failed(err, &bar))
+            Err(failed(err, Some(&pod), &bar))
         }
     }
 }
 
-/// Where the runtime is and what the node holds of the image.
-async fn look(
-    agent: &Session,
-    node: &NodePlan,
+/// The row of a node that holds the image already, complete (pinned if asked).
+async fn already_present(
+    run: &Run,
+    helper: &Helper<'_>,
     wanted: &Wanted,
-    bar: &ProgressBar,
-) -> Result<(Box<dyn Located>, Inventory)> {
-    let located = reach::locate(agent, &node.node, bar).await?;
-    let inventory = inventory(agent, located.as_ref(), wanted).await?;
-    tracing::debug!(node = %node.node.name, missing = ?inventory.missing, present = inventory.layers_present.len(), "what the node lacks");
-    Ok((located, inventory))
-}
-
-async fn inventory(agent: &Session, located: &dyn Located, wanted: &Wanted) -> Result<Inventory> {
-    let answer = agent
-        .query(&located.inventory_query(wanted), "inventory")
-        .await?;
-    located.inventory(wanted, &answer)
+    inventory: Inventory,
+    started: Instant,
+) -> NodeResult {
+    let pinned = pin_if_asked(run, helper, wanted).await;
+    let mut r = result(
+        &helper.node.name,
+        started,
+        Status::Skipped,
+        Some("already present, complete, with the same digest (use --force to re-import)".into()),
+    );
+    r.helper = Some(helper.pod.clone());
+    r.runtime = Some(helper.runtime.clone());
+    r.verified_by = Some(inventory.checked_by);
+    match pinned {
+        Ok(pin) => {
+            if let Some(pin) = pin {
+                r.pinned = Some(pin.done);
+                r.pin_note = Some(pin.note);
+            }
+        }
+        Err(err) => {
+            r.status = Status::Failed;
+            r.retryable = retryable(run, &err);
+            r.error = Some(format!("{err:#}"));
+        }
+    }
+    r
 }
 
 /// Phase 2: the bytes, for every ready node (results in the same order).
-async fn move_bytes(run: &Run, pods: &Api<Pod>, ready: &[(usize, Ready<'_>)]) -> Vec<Moved> {
+async fn move_bytes(
+    run: &Run,
+    image: &Image<'_>,
+    pods: &Api<Pod>,
+    ready: &[Ready<'_>],
+) -> Vec<Moved> {
     // Nodes that need the very same stream: the same platform image (streams name it by
     // the run's staging name, whatever the runtime), with or without Docker's manifest.json.
     let mut groups: BTreeMap<(String, bool), Vec<usize>> = BTreeMap::new();
-    for (k, (_, r)) in ready.iter().enumerate() {
-        let key = (r.wanted.manifest.clone(), r.located.reads_docker_manifest());
+    for (k, r) in ready.iter().enumerate() {
+        let key = (
+            r.wanted.manifest.clone(),
+            r.helper.located.reads_docker_manifest(),
+        );
         groups.entry(key).or_default().push(k);
     }
     let mut moved: Vec<Option<Moved>> = (0..ready.len()).map(|_| None).collect();
     let mut direct = Vec::new();
     let mut relays = Vec::new();
     for members in groups.into_values() {
-        let relayable =
-            run.relay && members.len() > 1 && members.iter().all(|&k| ready[k].1.pod_ip.is_some());
+        let relayable = run.relay
+            && members.len() > 1
+            && relay_addresses(pods, members.iter().map(|&k| ready[k].helper)).await;
         if relayable {
             relays.push(members);
         } else {
@@ -504,7 +763,7 @@ async fn move_bytes(run: &Run, pods: &Api<Pod>, ready: &[(usize, Ready<'_>)]) ->
     let relayed = futures::future::join_all(
         relays
             .iter()
-            .map(|members| relay(run, pods, ready, members)),
+            .map(|members| relay(run, image, pods, ready, members)),
     )
     .await;
     for (members, outcome) in relays.iter().zip(relayed) {
@@ -516,10 +775,7 @@ async fn move_bytes(run: &Run, pods: &Api<Pod>, ready: &[(usize, Ready<'_>)]) ->
         }
     }
     let directs: Vec<(usize, Moved)> = futures::stream::iter(direct)
-        .map(|(k, via)| async move {
-            let r = &ready[k].1;
-            (k, stream_direct(run, pods, r, via).await)
-        })
+        .map(|(k, via)| async move { (k, stream_direct(run, image, pods, &ready[k], via).await) })
         .buffer_unordered(run.parallel.max(1))
         .collect()
         .await;
@@ -530,6 +786,32 @@ async fn move_bytes(run: &Run, pods: &Api<Pod>, ready: &[(usize, Ready<'_>)]) ->
         .into_iter()
         .map(|m| m.unwrap_or_else(|| Moved::Failed(anyhow!("no transfer was run"), String::new())))
         .collect()
+}
+
+/// How long a relay waits for the kubelet to report a member's pod IP (its agent answered
+/// before the kubelet reported the pod running).
+const POD_IP_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether every one of `helpers` has a pod IP relay peers can reach it at, waiting a
+/// little for those the kubelet has not reported yet.
+async fn relay_addresses<'a>(
+    pods: &Api<Pod>,
+    helpers: impl Iterator<Item = &'a Helper<'a>>,
+) -> bool {
+    let known = futures::future::join_all(helpers.map(|h| async move {
+        if h.pod_ip.get().is_some() {
+            return true;
+        }
+        match helper::pod_ip(pods, &h.pod, POD_IP_WAIT).await {
+            Some(ip) => {
+                let _ = h.pod_ip.set(ip);
+                true
+            }
+            None => false,
+        }
+    }))
+    .await;
+    known.into_iter().all(|k| k)
 }
 
 /// The layers to leave out of a stream to these nodes: those every one of them holds.
@@ -550,6 +832,7 @@ fn common_layers<'a>(run: &Run, nodes: impl IntoIterator<Item = &'a Ready<'a>>) 
 
 fn transfer_for<'a>(
     run: &Run,
+    image: &Image<'_>,
     nodes: impl IntoIterator<Item = &'a Ready<'a>> + Clone,
 ) -> Result<Transfer> {
     let first = nodes
@@ -557,10 +840,13 @@ fn transfer_for<'a>(
         .into_iter()
         .next()
         .expect("a transfer has a node");
-    let image = run.archive.image_for(&first.node.node.platform)?.clone();
+    let platform_image = image
+        .archive
+        .image_for(&first.helper.node.platform)?
+        .clone();
     Transfer::new(
-        Arc::clone(&run.archive),
-        image,
+        Arc::clone(image.archive),
+        platform_image,
         common_layers(run, nodes.clone()),
         &run.run_id,
         // Cut when a member imports parts as they come; the others stage them all first.
@@ -568,29 +854,39 @@ fn transfer_for<'a>(
             && nodes
                 .clone()
                 .into_iter()
-                .any(|r| r.located.imports_in_parts()),
+                .any(|r| r.helper.located.imports_in_parts()),
         // Streams are grouped by this (`move_bytes`): all or none of the nodes read it.
-        first.located.reads_docker_manifest(),
+        first.helper.located.reads_docker_manifest(),
     )
 }
 
 /// One node's own stream from the plugin.
-async fn stream_direct(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, via: String) -> Moved {
+async fn stream_direct(
+    run: &Run,
+    image: &Image<'_>,
+    pods: &Api<Pod>,
+    r: &Ready<'_>,
+    via: String,
+) -> Moved {
     let work = async {
-        let transfer = transfer_for(run, [r])?;
+        let transfer = transfer_for(run, image, [r])?;
         let reused = transfer.reused();
         let parts = transfer.parts();
-        r.bar.set_message(if reused == 0 {
+        r.say(if reused == 0 {
             "sending".to_string()
         } else {
             format!("sending (reusing {reused} layer(s) on the node)")
         });
-        tracing::debug!(node = %r.node.node.name, parts, reused, "streaming directly");
-        r.bar.set_length(transfer.len());
-        let request = transfer.request(r.located.as_ref(), r.wanted, run.compress);
-        let agent = Agent { pods, pod: &r.pod };
+        tracing::debug!(node = %r.name(), parts, reused, "streaming directly");
+        r.helper.bar.set_length(transfer.len());
+        r.helper.bar.set_position(0);
+        let request = transfer.request(r.helper.located.as_ref(), r.wanted, run.compress);
+        let agent = Agent {
+            pods,
+            pod: &r.helper.pod,
+        };
         let len = transfer.len();
-        let feed = transfer.feed(r.bar.clone(), run.compress, run.cancel.clone());
+        let feed = transfer.feed(r.helper.bar.clone(), run.compress, run.cancel.clone());
         let (out, written) = agent.run(&request, feed).await?;
         import_outcome(&out, reused)?;
         let sent = written
@@ -614,13 +910,14 @@ async fn stream_direct(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, via: String) -
 /// what came of it, or `Err(why)` when it must be loaded directly instead.
 async fn relay(
     run: &Run,
+    image: &Image<'_>,
     pods: &Api<Pod>,
-    ready: &[(usize, Ready<'_>)],
+    ready: &[Ready<'_>],
     members: &[usize],
 ) -> Vec<Result<Moved, String>> {
-    let nodes: Vec<&Ready<'_>> = members.iter().map(|&k| &ready[k].1).collect();
+    let nodes: Vec<&Ready<'_>> = members.iter().map(|&k| &ready[k]).collect();
     let nodes = &nodes;
-    let transfer = match transfer_for(run, nodes.iter().copied()) {
+    let transfer = match transfer_for(run, image, nodes.iter().copied()) {
         Ok(t) => t,
         Err(err) => return nodes.iter().map(|_| Err(format!("{err:#}"))).collect(),
     };
@@ -629,18 +926,18 @@ async fn relay(
     let addr = |r: &Ready<'_>| {
         format!(
             "{}:{}",
-            r.pod_ip.as_deref().unwrap_or_default(),
+            r.helper.pod_ip.get().map_or("", String::as_str),
             protocol::RELAY_PORT
         )
     };
-    let head = nodes[0].node.node.name.clone();
+    let head = nodes[0].name().to_string();
     let reused = transfer.reused();
     let parts = transfer.parts();
     tracing::debug!(head = %head, members = nodes.len(), depth = transfer::relay_depth(nodes.len()), reused, parts, "relaying one upload");
     let token = &token;
     let tree = &tree;
     let runs = nodes.iter().enumerate().map(|(i, r)| {
-        let mut request = transfer.request(r.located.as_ref(), r.wanted, run.compress);
+        let mut request = transfer.request(r.helper.located.as_ref(), r.wanted, run.compress);
         request.relay = Some(Relay {
             source: if i == 0 {
                 RelaySource::Stdin
@@ -656,20 +953,24 @@ async fn relay(
             manifest_digest: transfer.manifest_sha256().map(str::to_string),
             connect_secs: RELAY_CONNECT_SECS,
         });
-        let upstream = (i > 0).then(|| nodes[(i - 1) / transfer::FANOUT].node.node.name.clone());
+        let upstream = (i > 0).then(|| nodes[(i - 1) / transfer::FANOUT].name().to_string());
         let len = transfer.len();
         let transfer = transfer.clone();
         async move {
-            let agent = Agent { pods, pod: &r.pod };
+            let agent = Agent {
+                pods,
+                pod: &r.helper.pod,
+            };
             let work = async {
                 if i == 0 {
-                    r.bar.set_message(format!("sending once for {} node(s)", nodes.len()));
-                    r.bar.set_length(transfer.len());
-                    let feed = transfer.feed(r.bar.clone(), run.compress, run.cancel.clone());
+                    r.say(format!("sending once for {} node(s)", nodes.len()));
+                    r.helper.bar.set_length(transfer.len());
+                    r.helper.bar.set_position(0);
+                    let feed = transfer.feed(r.helper.bar.clone(), run.compress, run.cancel.clone());
                     let (out, written) = agent.run(&request, feed).await?;
                     Ok::<_, anyhow::Error>((out, written.unwrap_or(0)))
                 } else {
-                    r.bar.set_message(format!(
+                    r.say(format!(
                         "receiving through {}",
                         upstream.as_deref().unwrap_or("the relay")
                     ));
@@ -683,7 +984,7 @@ async fn relay(
             };
             match done {
                 Ok((out, sent)) => {
-                    tracing::debug!(node = %r.node.node.name, code = out.exit_code, stderr = %out.stderr, "relay member finished");
+                    tracing::debug!(node = %r.name(), code = out.exit_code, stderr = %out.stderr, "relay member finished");
                     match out.exit_code {
                         protocol::NO_RELAY_SOURCE | protocol::STREAM_SHORT => Err(format!(
                             "the relay did not reach it: {}",
@@ -771,11 +1072,12 @@ fn last_line(text: &str) -> &str {
         .trim()
 }
 
-/// Phase 3 for one node: verify what was imported, then remove its helper.
-async fn finish(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, moved: Moved) -> NodeResult {
-    let name = r.node.node.name.as_str();
-    let mut out = result(name, r.started, Status::Failed, None);
-    out.runtime = Some(r.runtime.clone());
+/// Phase 2's end for one node and image: verify what was imported, and pin it if asked.
+async fn finish(run: &Run, r: &Ready<'_>, moved: Moved) -> NodeResult {
+    let helper = r.helper;
+    let mut out = result(r.name(), r.started, Status::Failed, None);
+    out.helper = Some(helper.pod.clone());
+    out.runtime = Some(helper.runtime.clone());
     let verified = match moved {
         Moved::Imported {
             sent,
@@ -789,21 +1091,19 @@ async fn finish(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, moved: Moved) -> Node
             out.bytes_received = received;
             out.layers_reused = reused;
             out.via = Some(via);
-            r.bar.set_message("verifying");
+            r.say("verifying");
             let verified = tokio::select! {
-                v = verify(&r.session, r) => v,
+                v = verify(r) => v,
                 () = run.cancel.cancelled() => Err(run.stopped("verifying the import")),
             };
             match verified {
-                Ok(by) => pin_if_asked(run, &r.session, r.located.as_ref(), r.wanted, &r.bar)
-                    .await
-                    .map(|pin| {
-                        if let Some(pin) = pin {
-                            out.pinned = Some(pin.done);
-                            out.pin_note = Some(pin.note);
-                        }
-                        by
-                    }),
+                Ok(by) => pin_if_asked(run, helper, r.wanted).await.map(|pin| {
+                    if let Some(pin) = pin {
+                        out.pinned = Some(pin.done);
+                        out.pin_note = Some(pin.note);
+                    }
+                    by
+                }),
                 Err(err) => Err(err),
             }
         }
@@ -812,15 +1112,14 @@ async fn finish(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, moved: Moved) -> Node
             Err(err)
         }
     };
-    let removed = reach::remove(pods, &r.pod, &r.bar).await;
-    match verified.and_then(|by| removed.map(|()| by)) {
+    match verified {
         Ok(by) => {
-            r.bar.finish_with_message("loaded");
+            r.say("loaded");
             out.status = Status::Loaded;
             out.verified_by = Some(by);
         }
         Err(err) => {
-            r.bar.abandon_with_message("failed");
+            r.say("failed");
             out.bytes_sent = 0;
             out.bytes_received = 0;
             out.retryable = retryable(run, &err);
@@ -832,33 +1131,28 @@ async fn finish(run: &Run, pods: &Api<Pod>, r: &Ready<'_>, moved: Moved) -> Node
 }
 
 /// With `--pin`, pins the image's refs; `None` when not asked.
-async fn pin_if_asked(
-    run: &Run,
-    session: &Session,
-    located: &dyn Located,
-    wanted: &Wanted,
-    bar: &ProgressBar,
-) -> Result<Option<pin::Pin>> {
+async fn pin_if_asked(run: &Run, helper: &Helper<'_>, wanted: &Wanted) -> Result<Option<pin::Pin>> {
     if !run.pin {
         return Ok(None);
     }
-    bar.set_message("pinning");
+    helper.bar.set_message("pinning");
     tokio::select! {
-        pinned = pin::apply(session, located, &wanted.refs, true) => pinned.map(Some),
+        pinned = pin::apply(&helper.session, helper.located.as_ref(), &wanted.refs, true) => pinned.map(Some),
         () = run.cancel.cancelled() => Err(run.stopped("pinning the image")),
     }
 }
 
 /// The runtime holds the image as it must; CRI learns of an import from the runtime's
 /// events, so it gets a moment.
-async fn verify(agent: &Session, r: &Ready<'_>) -> Result<String> {
-    let mut after = inventory(agent, r.located.as_ref(), r.wanted).await?;
+async fn verify(r: &Ready<'_>) -> Result<String> {
+    let (session, located) = (&r.helper.session, r.helper.located.as_ref());
+    let mut after = reach::inventory(session, located, r.wanted).await?;
     for _ in 0..10 {
         if after.missing.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        after = inventory(agent, r.located.as_ref(), r.wanted).await?;
+        after = reach::inventory(session, located, r.wanted).await?;
     }
     if !after.missing.is_empty() {
         bail!(
@@ -866,6 +1160,6 @@ async fn verify(agent: &Session, r: &Ready<'_>) -> Result<String> {
             after.missing.join("; ")
         );
     }
-    tracing::debug!(node = %r.node.node.name, "verified");
+    tracing::debug!(node = %r.name(), "verified");
     Ok(after.checked_by)
 }

@@ -10,14 +10,15 @@ use anyhow::{Context, Result, anyhow};
 use indicatif::ProgressBar;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::Api;
+use sideload_agent::protocol::Query;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::agent::{self, Session};
+use crate::cluster::agent::{self, Agent, Session};
 use crate::cluster::errors::Permanent;
 use crate::cluster::helper::{self, HelperImage, HelperSpec, Needs, Runs, Started};
 use crate::cluster::lease::Heartbeat;
 use crate::cluster::nodes::NodeFacts;
-use crate::runtime::Located;
+use crate::runtime::{Inventory, Located, Wanted};
 
 /// How often a node whose helper pod is starting is looked at again.
 const NODE_POLL: Duration = Duration::from_secs(5);
@@ -50,15 +51,16 @@ impl Reach<'_> {
     }
 
     /// Starts the node's helper pod, trying the next candidate image while one cannot be
-    /// used; returns the running pod's name and IP. A pod that did not run is deleted here.
-    /// `retry` (0 for a first attempt) keeps pod names unique over attempts.
+    /// used, and opens its agent's session. A pod that did not run, or whose agent could
+    /// not be reached, is deleted here. `retry` (0 for a first attempt) keeps pod names
+    /// unique over attempts.
     pub async fn start(
         &self,
         node: &NodeFacts,
         plan: &HelperPlan<'_>,
         bar: &ProgressBar,
         retry: u32,
-    ) -> Result<(String, Option<String>)> {
+    ) -> Result<Reached> {
         let mut unusable = Vec::new();
         for (attempt, candidate) in plan.candidates.iter().enumerate() {
             if self.cancel.is_cancelled() {
@@ -84,16 +86,43 @@ impl Reach<'_> {
             let name = helper::create(self.pods, &pod, false).await?;
             tracing::debug!(node = %node.name, pod = %name, image = %candidate.image, "helper pod created");
             let started = tokio::select! {
-                started = helper::wait_running(self.pods, &name, self.helper_timeout) => started,
+                started = helper::wait_running(self.pods, &name, self.helper_timeout) => started.map(Up::Reported),
+                session = early_session(self.pods, &name) => Ok(Up::Answered(session)),
                 why = node_lost(self.client, &node.name) => Err(Permanent(format!("{why} before its helper pod {name} started")).into()),
                 () = self.cancel.cancelled() => Err(self.stopped("starting its helper pod")),
             };
             match started {
-                Ok(Started::Running(ip)) => {
-                    tracing::debug!(node = %node.name, ?ip, "helper pod running");
-                    return Ok((name, ip));
+                Ok(Up::Answered(session)) => {
+                    tracing::debug!(node = %node.name, "helper agent answered before the kubelet reported it running");
+                    return Ok(Reached {
+                        pod: name,
+                        ip: None,
+                        session,
+                    });
                 }
-                Ok(Started::ImageUnusable(why)) => {
+                Ok(Up::Reported(Started::Running(ip))) => {
+                    tracing::debug!(node = %node.name, ?ip, "helper pod running");
+                    let agent = Agent {
+                        pods: self.pods,
+                        pod: &name,
+                    };
+                    let opened = tokio::select! {
+                        opened = Session::open(&agent) => opened,
+                        () = self.cancel.cancelled() => Err(self.stopped("opening the node agent's session")),
+                    };
+                    return match opened {
+                        Ok(session) => Ok(Reached {
+                            pod: name,
+                            ip,
+                            session,
+                        }),
+                        Err(err) => {
+                            let _ = remove(self.pods, &name, bar).await;
+                            Err(err)
+                        }
+                    };
+                }
+                Ok(Up::Reported(Started::ImageUnusable(why))) => {
                     tracing::debug!(node = %node.name, image = %candidate.image, %why, "helper image unusable, trying the next");
                     unusable.push(format!("{} ({why})", candidate.image));
                     remove(self.pods, &name, bar).await?;
@@ -110,6 +139,41 @@ impl Reach<'_> {
             unusable.join("; ")
         ))
         .into())
+    }
+}
+
+/// A node's helper pod, running, with its agent's session open.
+pub struct Reached {
+    pub pod: String,
+    /// The pod's IP, where relay peers reach its agent, if the kubelet had reported it
+    /// yet (else `helper::pod_ip` waits for it).
+    pub ip: Option<String>,
+    pub session: Session,
+}
+
+/// How a helper pod came up: the kubelet reported it, or its agent answered first.
+enum Up {
+    Reported(Started),
+    Answered(Session),
+}
+
+/// How often an exec into a helper pod that is still starting is tried.
+const EARLY_EXEC_POLL: Duration = Duration::from_millis(200);
+
+/// The agent's session, opened as soon as the container runs: the kubelet reports a pod
+/// Running only after its next relist of the runtime (up to a second later, longer on a
+/// busy node), while an exec reaches the container at once. An exec the kubelet refuses
+/// (the container does not run yet: it fails the first question, not the opening) is
+/// tried again; `wait_running` decides when to give up.
+async fn early_session(pods: &Api<Pod>, name: &str) -> Session {
+    let agent = Agent { pods, pod: name };
+    loop {
+        tokio::time::sleep(EARLY_EXEC_POLL).await;
+        if let Ok(session) = Session::open(&agent).await
+            && session.query(&Query::default(), "hello").await.is_ok()
+        {
+            return session;
+        }
     }
 }
 
@@ -171,6 +235,23 @@ pub async fn locate(
     }
     tracing::debug!(node = %node.name, runtime = %located.describe(), "runtime located");
     Ok(located)
+}
+
+/// What the node holds of `wanted`, asked in the agent's session (one question, or two
+/// where the runtime's first answer raises another).
+pub async fn inventory(
+    session: &Session,
+    located: &dyn Located,
+    wanted: &Wanted,
+) -> Result<Inventory> {
+    let mut answer = session
+        .query(&located.inventory_query(wanted), "inventory")
+        .await?;
+    if let Some(more) = located.inventory_followup(wanted, &answer) {
+        let more = session.query(&more, "inventory").await?;
+        answer.results.extend(more.results);
+    }
+    located.inventory(wanted, &answer)
 }
 
 /// The error of a node cancelled during `step`: names why the run stopped and the step.

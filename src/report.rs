@@ -305,6 +305,7 @@ mod tests {
             layers_reused: 0,
             seconds: 1.0,
             error: None,
+            helper: None,
             runtime: None,
             verified_by: None,
             via: None,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, anyhow, bail};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::Api;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +22,8 @@ use crate::plan::{self, Decision, LeftOut};
 use crate::progress::Progress;
 use crate::reach;
 use crate::report::columns;
-use crate::visit::{self, Job, NodeRow, Target, Visit};
+use crate::visit::{self, Job, LabelRow, NodeRow, Target, Visit};
+use crate::workload::labels;
 
 pub async fn status(kube: &cli::KubeArgs, args: StatusArgs) -> Result<ExitCode> {
     // Paths that exist and docker:// / podman:// images are archives; anything else must be
@@ -47,7 +48,19 @@ pub async fn status(kube: &cli::KubeArgs, args: StatusArgs) -> Result<ExitCode> 
             }
         }
     }
-    let rows = visit_nodes(kube, &args.on, Job::Status { refs }, archive.as_deref()).await?;
+    let visited = visit_nodes(kube, &args.on, Job::Status { refs }, archive.as_deref()).await?;
+    let mut rows = visited.rows;
+    for row in &mut rows {
+        row.labels = judge_labels(row, &visited.nodes, false)
+            .into_iter()
+            .map(|(label, holds)| LabelRow {
+                key: label,
+                holds: holds.is_ok(),
+                detail: holds.err(),
+                action: None,
+            })
+            .collect();
+    }
     print_stdout(&render(args.output, &rows, false)?);
     Ok(exit(&rows))
 }
@@ -58,7 +71,9 @@ pub async fn unpin(kube: &cli::KubeArgs, args: UnpinArgs) -> Result<ExitCode> {
         .iter()
         .map(|r| normalized(r))
         .collect::<Result<Vec<_>>>()?;
-    let rows = visit_nodes(kube, &args.on, Job::Unpin { refs }, None).await?;
+    let rows = visit_nodes(kube, &args.on, Job::Unpin { refs }, None)
+        .await?
+        .rows;
     print_stdout(&render(args.output, &rows, true)?);
     Ok(exit(&rows))
 }
@@ -74,7 +89,31 @@ pub async fn remove(kube: &cli::KubeArgs, args: RmArgs) -> Result<ExitCode> {
         force: args.force,
         dry_run: args.dry_run,
     };
-    let rows = visit_nodes(kube, &args.on, job, None).await?;
+    let visited = visit_nodes(kube, &args.on, job, None).await?;
+    let mut rows = visited.rows;
+    // The --constrain labels that promised an image now gone from the node go too.
+    for row in &mut rows {
+        for (key, holds) in judge_labels(row, &visited.nodes, true) {
+            let Err(why) = holds else { continue };
+            let action = if args.dry_run {
+                "would be removed (dry run)".to_string()
+            } else {
+                match labels::remove(&visited.client, &row.name, std::slice::from_ref(&key)).await {
+                    Ok(()) => "removed".to_string(),
+                    Err(err) => {
+                        row.error = Some(format!("removing the node label {key}: {err:#}"));
+                        "not removed".to_string()
+                    }
+                }
+            };
+            row.labels.push(LabelRow {
+                key,
+                holds: false,
+                detail: Some(why),
+                action: Some(action),
+            });
+        }
+    }
     print_stdout(&render(args.output, &rows, true)?);
     let kept = rows
         .iter()
@@ -98,6 +137,44 @@ fn normalized(image: &str) -> Result<String> {
     })
 }
 
+/// The `--constrain` labels of the row's node about the refs of the row, each with whether
+/// it holds. `after_rm`: refs `rm` took away (or would, in a dry run) count as gone.
+fn judge_labels(
+    row: &NodeRow,
+    nodes: &[Node],
+    after_rm: bool,
+) -> Vec<(String, Result<(), String>)> {
+    if row.error.is_some() || row.skipped.is_some() {
+        return Vec::new();
+    }
+    let Some(node) = nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(&row.name))
+    else {
+        return Vec::new();
+    };
+    let held: labels::Held<'_> = row
+        .images
+        .iter()
+        .map(|i| {
+            let gone = after_rm
+                && matches!(
+                    i.action.as_deref(),
+                    Some("removed" | "would be removed (dry run)")
+                );
+            let id = (i.present && !gone).then_some(i.id.as_deref()).flatten();
+            (i.reference.as_str(), id)
+        })
+        .collect();
+    labels::on(node)
+        .into_iter()
+        .filter_map(|l| {
+            let record = l.record?;
+            labels::check(&record, &held).map(|holds| (l.key, holds))
+        })
+        .collect()
+}
+
 /// Failure when any selected node could not be asked.
 fn exit(rows: &[NodeRow]) -> ExitCode {
     if rows.iter().any(|r| r.error.is_some()) {
@@ -105,6 +182,13 @@ fn exit(rows: &[NodeRow]) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// What a visit found: a row per node, and the nodes and client it read them with.
+struct Visited {
+    rows: Vec<NodeRow>,
+    nodes: Vec<Node>,
+    client: kube::Client,
 }
 
 /// Selects the nodes, then visits them within one run: its Lease (so another user's
@@ -115,7 +199,7 @@ async fn visit_nodes(
     on: &NodeArgs,
     job: Job,
     archive: Option<&crate::archive::Archive>,
-) -> Result<Vec<NodeRow>> {
+) -> Result<Visited> {
     let selection =
         cli::node_selection(on.nodes.as_deref(), on.selector.as_deref()).map_err(|e| anyhow!(e))?;
     let named = matches!(selection, NodeSelection::Names(_));
@@ -189,7 +273,11 @@ async fn visit_nodes(
         eprintln!("{why}; stopped, no helper pod left behind");
         std::process::exit(i32::from(code));
     }
-    rows
+    Ok(Visited {
+        rows: rows?,
+        nodes: all_nodes,
+        client: cluster.client.clone(),
+    })
 }
 
 /// How the node is visited: for an archive, as a load would plan it (so the node's own
@@ -290,6 +378,26 @@ fn table(rows: &[NodeRow], unpinning: bool) -> String {
                 } else {
                     image.used_by.join(",")
                 },
+                detail,
+            ]);
+        }
+        for label in &node.labels {
+            let detail = match (&label.action, &label.detail) {
+                (Some(action), Some(why)) => format!("{action}: {why}"),
+                (Some(action), None) => action.clone(),
+                (None, None) => "true: the node holds what the label promises".into(),
+                (None, Some(why)) => format!(
+                    "STALE: {why}; `kubectl sideload rm` of the ref or `cleanup --labels` \
+                     removes it"
+                ),
+            };
+            out.push([
+                node.name.clone(),
+                format!("label {}", label.key),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
                 detail,
             ]);
         }

@@ -17,7 +17,7 @@ use sideload_agent::protocol::Query;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::reference;
-use crate::cluster::agent::{Agent, Session};
+use crate::cluster::agent::Session;
 use crate::cluster::errors::explain;
 use crate::cluster::helper::{HelperImage, Needs};
 use crate::cluster::nodes::NodeFacts;
@@ -79,6 +79,24 @@ pub struct NodeRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
     pub images: Vec<ImageRow>,
+    /// `--constrain` labels of the node about these images (status.rs fills them in).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<LabelRow>,
+}
+
+/// A `--constrain` label on one node, judged by what CRI holds of the refs it names.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelRow {
+    pub key: String,
+    /// Whether the node holds what the label promises (the refs asked about, each the
+    /// image the label recorded).
+    pub holds: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// `rm`: what became of the label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
 }
 
 /// One ref on one node.
@@ -154,6 +172,7 @@ async fn one(
         skipped: None,
         runtime: None,
         images: Vec::new(),
+        labels: Vec::new(),
     };
     let (candidates, needs, first_pod) = match &target.helper {
         Ok(helper) => helper,
@@ -172,21 +191,17 @@ async fn one(
         needs: *needs,
         first_pod,
     };
-    let (pod, _) = match reach.start(&target.node, &helper, &bar, 0).await {
-        Ok(started) => started,
-        Err(err) => {
-            bar.abandon_with_message("failed");
-            row.error = Some(format!("{err:#}"));
-            return row;
-        }
-    };
-    let agent = Agent {
-        pods: reach.pods,
-        pod: &pod,
-    };
+    let reach::Reached { pod, session, .. } =
+        match reach.start(&target.node, &helper, &bar, 0).await {
+            Ok(reached) => reached,
+            Err(err) => {
+                bar.abandon_with_message("failed");
+                row.error = Some(format!("{err:#}"));
+                return row;
+            }
+        };
     let done = tokio::select! {
         done = async {
-            let session = Session::open(&agent).await?;
             let located = reach::locate(&session, &target.node, &bar).await?;
             row.runtime = Some(located.describe());
             bar.set_message("asking CRI");
@@ -250,10 +265,7 @@ async fn on_node(
     match job {
         Job::Status { .. } => {
             if let Some(wanted) = &target.wanted {
-                let answer = session
-                    .query(&located.inventory_query(wanted), "inventory")
-                    .await?;
-                let inventory = located.inventory(wanted, &answer)?;
+                let inventory = reach::inventory(session, located, wanted).await?;
                 for row in &mut rows {
                     // The inventory's reasons name the ref they are about.
                     row.problems = inventory

@@ -541,6 +541,9 @@ async fn two_archives_in_one_run_send_their_shared_base_layer_once_per_node() {
             second["layers_reused"].as_u64().unwrap() >= 1,
             "{node}: {second}"
         );
+        // One helper pod served the node for both images.
+        assert!(first["helper"].is_string(), "{node}: {first}");
+        assert_eq!(first["helper"], second["helper"], "{node}: {report}");
         for (r, tar) in refs.iter().zip(&tars) {
             assert_eq!(
                 cri_id(node, r).as_deref(),
@@ -763,7 +766,17 @@ async fn a_docker_engine_node_loads_verifies_shows_and_removes_the_image() {
         "--runtime-endpoint",
         &endpoint,
     ];
-    let made = Made::new("dknode", &["--layers", "3", "--layer-mib", "4"]);
+    // v2 keeps v1's bottom layers (/app and an 8 MiB base) and adds its own on top.
+    let seed = unique("dkbase");
+    let base = ["--base-mib", "8", "--base-seed", seed.as_str()];
+    let made = Made::new(
+        "dknode",
+        &[&["--layers", "2", "--layer-mib", "4"], &base[..]].concat(),
+    );
+    let rebuilt = Made::new(
+        "dknode2",
+        &[&["--layers", "1", "--layer-mib", "1"], &base[..]].concat(),
+    );
     let (reference, tar) = (&made.reference, &made.tar);
     let config = config_of(tar);
     let sideload = |args: &[&str]| {
@@ -814,6 +827,25 @@ async fn a_docker_engine_node_loads_verifies_shows_and_removes_the_image() {
     let row = node_row(&report, "node-b");
     assert_eq!(row["bytes_sent"], 0, "{row}");
     assert_ne!(row["status"], "loaded", "{row}");
+
+    // The rebuilt image: the layers Docker holds by chain (/app and the base) stay home;
+    // `docker load` takes the stream without them and the image is whole.
+    let out = sideload(&[rebuilt.tar.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_out(&out);
+    let row = node_row(&report, "node-b");
+    assert_eq!(row["status"], "loaded", "{report}");
+    assert_eq!(row["layers_reused"], 2, "{row}");
+    assert!(
+        row["bytes_received"].as_u64().unwrap() < 3 << 20,
+        "the 8 MiB base went again: {row}"
+    );
+    assert_eq!(
+        dockerd.image_id(&rebuilt.reference).as_deref(),
+        Some(config_of(&rebuilt.tar).as_str())
+    );
+    let out = sideload(&["rm", &rebuilt.reference]);
+    assert!(out.status.success(), "{}", stderr(&out));
 
     let out = sideload(&["status", tar.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));

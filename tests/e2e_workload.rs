@@ -1005,3 +1005,215 @@ async fn a_signal_during_the_rollout_wait_stops_at_once_and_leaves_no_helper() {
             .unwrap();
     }
 }
+
+/// `--constrain`'s labels stay true: each node's label carries a record of what it promises
+/// there (the refs and that node's image ID), `status` says whether the node still holds it
+/// and names a stale one, and `rm` takes a label away with the image it promised, leaving
+/// labels on other nodes alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn constrain_labels_record_their_image_status_finds_a_stale_one_and_rm_takes_it_away() {
+    let (_logs, client, ns, images) = setup("wl-lbl", "node-a").await;
+    let on_a = json!({"nodeSelector": {"kubernetes.io/hostname": "node-a"}});
+    create::<Deployment>(
+        &client,
+        &ns.name,
+        deployment("web", 1, &images.tag("v1"), on_a),
+    )
+    .await;
+    deployment_ready(&client, &ns.name, "web", 1).await;
+    // containerd 1.6 and 2.4, and CRI-O.
+    let nodes = "node-a,node-c,node-d";
+    let out = apply(
+        &ns.name,
+        &[
+            &images.v2,
+            "--workload",
+            "deploy/web",
+            "--nodes",
+            nodes,
+            "--constrain",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_out(&out);
+    assert_eq!(workload_report(&report)["constrained"], true, "{report}");
+    let key = format!(
+        "sideload.dev/img-{}",
+        &report["image"]["digest"].as_str().unwrap()["sha256:".len()..][..12]
+    );
+    let _labels = Labels(client.clone(), key.clone(), nodes.split(',').collect());
+    pods_running(&client, &ns.name, "web", 1, &images.tag("v2")).await;
+    // The record beside each label: the image's name and its ID on that node.
+    let v2 = images.tag("v2");
+    let config = config_of(std::path::Path::new(&images.v2));
+    for node in nodes.split(',') {
+        assert_eq!(
+            label_of(&client, node, &key).await.as_deref(),
+            Some("present")
+        );
+        let record: Value =
+            serde_json::from_str(&annotation_of(&client, node, &key).await.unwrap()).unwrap();
+        assert_eq!(record["images"][0]["refs"], json!([v2]), "{node}: {record}");
+        assert_eq!(
+            record["images"][0]["id"],
+            config.as_str(),
+            "{node}: {record}"
+        );
+    }
+    // No pod uses v2 any more: rm may take it.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    deployments
+        .delete("web", &Default::default())
+        .await
+        .unwrap();
+    // Gone, not only terminating: a pod still running v2 would keep it from `rm`.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let start = Instant::now();
+    while !pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "web's pods never went"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let status = |extra: &[&str]| {
+        let mut args = vec![
+            "status",
+            v2.as_str(),
+            "--nodes",
+            nodes,
+            "--helper-namespace",
+            &ns.name,
+        ];
+        args.extend_from_slice(extra);
+        sideload(&args)
+    };
+    let out = status(&["-o", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_out(&out);
+    for node in nodes.split(',') {
+        let label = &node_row(&report, node)["labels"][0];
+        assert_eq!(label["key"], key.as_str(), "{node}: {report}");
+        assert_eq!(label["holds"], true, "{node}: {label}");
+    }
+
+    // The image goes from node-c behind the plugin's back: its label is now stale.
+    node_remove_image("node-c", &v2);
+    let out = status(&["-o", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_out(&out);
+    let stale = &node_row(&report, "node-c")["labels"][0];
+    assert_eq!(stale["holds"], false, "{stale}");
+    assert!(
+        stale["detail"]
+            .as_str()
+            .unwrap()
+            .contains("is not on the node"),
+        "{stale}"
+    );
+    assert_eq!(
+        node_row(&report, "node-a")["labels"][0]["holds"],
+        true,
+        "{report}"
+    );
+    let table = stdout(&status(&[]));
+    assert!(
+        table.lines().any(|l| l.starts_with("node-c")
+            && l.contains(&format!("label {key}"))
+            && l.contains("STALE")),
+        "{table}"
+    );
+
+    // rm on node-a and node-c: a dry run changes nothing; then the image and both labels go
+    // (node-c's was stale already), node-d's stays.
+    let rm = |extra: &[&str]| {
+        let mut args = vec![
+            "rm",
+            v2.as_str(),
+            "--nodes",
+            "node-a,node-c",
+            "--helper-namespace",
+            &ns.name,
+            "-o",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        sideload(&args)
+    };
+    let out = rm(&["--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_out(&out);
+    for node in ["node-a", "node-c"] {
+        let label = &node_row(&report, node)["labels"][0];
+        assert_eq!(
+            label["action"], "would be removed (dry run)",
+            "{node}: {report}"
+        );
+        assert_eq!(
+            label_of(&client, node, &key).await.as_deref(),
+            Some("present")
+        );
+    }
+    assert!(node_images("node-a").contains(&v2));
+    let out = rm(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_out(&out);
+    for node in ["node-a", "node-c"] {
+        let label = &node_row(&report, node)["labels"][0];
+        assert_eq!(label["action"], "removed", "{node}: {report}");
+        assert_eq!(label_of(&client, node, &key).await, None, "{node}");
+        assert_eq!(annotation_of(&client, node, &key).await, None, "{node}");
+    }
+    assert!(!node_images("node-a").contains(&v2));
+    assert_eq!(
+        label_of(&client, "node-d", &key).await.as_deref(),
+        Some("present")
+    );
+    assert!(helper_pods(&client, &ns.name).await.is_empty());
+}
+
+async fn annotation_of(client: &kube::Client, node: &str, key: &str) -> Option<String> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .get(node)
+        .await
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .get(key)
+        .cloned()
+}
+
+/// A `--constrain` label (and its record) removed from these nodes however the test ends.
+struct Labels(kube::Client, String, Vec<&'static str>);
+
+impl Drop for Labels {
+    fn drop(&mut self) {
+        let (client, key) = (self.0.clone(), self.1.clone());
+        let nodes = self.2.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let api: Api<Node> = Api::all(client);
+                for node in nodes {
+                    let _ = api
+                        .patch(
+                            node,
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({"metadata": {"labels": {&key: null}, "annotations": {&key: null}}})),
+                        )
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}

@@ -112,7 +112,8 @@ impl StreamPlan {
     /// The stream with a docker-archive `manifest.json` beside its `index.json`, naming
     /// `image` by `refs`: Docker Engine's `docker load` reads only that file (before Docker
     /// 25 it knows no `index.json`), and finds the config and layers at their OCI paths.
-    /// It needs every layer in the stream (it reuses none it holds) and one part.
+    /// It opens every layer whose chain it does not hold, so layers may be left out only
+    /// as a bottom run (the engine holds those by chain: runtime/docker.rs), and one part.
     pub fn with_docker_manifest(
         mut self,
         image: &PlatformImage,
@@ -124,12 +125,12 @@ impl StreamPlan {
             ));
         };
         let layers: Vec<String> = image.layers.iter().map(|l| blob_path(&l.digest)).collect();
-        if let Some(absent) = layers
-            .iter()
-            .find(|path| !part.entries.iter().any(|e| &e.path == *path))
-        {
+        let carried = |path: &String| part.entries.iter().any(|e| &e.path == path);
+        let bottom = layers.iter().take_while(|p| !carried(p)).count();
+        if let Some(absent) = layers[bottom..].iter().find(|p| !carried(p)) {
             return Err(ArchiveError::StreamShape(format!(
-                "a docker load stream needs every layer, and {absent} was left out"
+                "a docker load stream needs every layer above the ones left out at the \
+                 bottom, and {absent} was left out"
             )));
         }
         let manifest = serde_json::to_vec(&json!([{
@@ -485,10 +486,22 @@ mod tests {
         for path in &named {
             assert!(members.iter().any(|(p, _)| p == path), "{path}");
         }
-        // Docker reuses no layer it holds: a stream without one is refused, not sent.
+        // Docker skips the layers it holds by chain: a bottom run may be left out (the
+        // manifest still names them), a layer above one that is carried may not.
         let skip = HashSet::from([image.layers[0].digest.clone()]);
         let less = a.stream_plan(&image, &skip, &staged, None).unwrap();
-        let err = less.with_docker_manifest(&image, &staged).err().unwrap();
-        assert!(err.to_string().contains("every layer"), "{err}");
+        let plan = less.with_docker_manifest(&image, &staged).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(a.write_plan(&plan, &mut out).unwrap(), plan.len());
+        let members = &tars(&out, &plan)[0];
+        let (_, manifest) = members.iter().find(|(p, _)| p == "manifest.json").unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+        assert_eq!(manifest[0]["Layers"].as_array().unwrap().len(), 2);
+        let bottom = blob_path(&image.layers[0].digest);
+        assert!(!members.iter().any(|(p, _)| *p == bottom));
+        let skip = HashSet::from([image.layers[1].digest.clone()]);
+        let gap = a.stream_plan(&image, &skip, &staged, None).unwrap();
+        let err = gap.with_docker_manifest(&image, &staged).err().unwrap();
+        assert!(err.to_string().contains("every layer above"), "{err}");
     }
 }

@@ -398,6 +398,23 @@ pub async fn wait_running(api: &Api<Pod>, name: &str, timeout: Duration) -> Resu
     }
 }
 
+/// The running helper pod's IP, once the kubelet has reported it (waiting at most `wait`):
+/// a session opened before the kubelet reported the pod running knows none yet.
+pub async fn pod_ip(api: &Api<Pod>, name: &str, wait: Duration) -> Option<String> {
+    let ip_of = |pod: &Pod| {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .filter(|ip| !ip.is_empty())
+    };
+    let known = |pod: Option<&Pod>| pod.is_none_or(|p| ip_of(p).is_some());
+    let waited = tokio::time::timeout(wait, await_condition(api.clone(), name, known)).await;
+    match waited {
+        Ok(Ok(Some(pod))) => ip_of(&pod),
+        _ => None,
+    }
+}
+
 enum StartState {
     Pending(String),
     Running,

@@ -11,9 +11,19 @@
 //! config digest, Docker's image ID. The kubelet's endpoint is cri-dockerd's socket, not
 //! Docker's: it is never taken for the engine's.
 //!
+//! Layer reuse: `docker load` skips reading a layer whose chain (the layers below it and
+//! itself, by diff_id) the engine already holds. So the inventory asks for the layers
+//! (`RootFS.Layers`) of every image the engine lists, and the longest bottom run of the
+//! image's layers that one of them shares is left out of the stream. A chain exists only
+//! for content the engine unpacked and hashed itself, so another image cannot fake one.
+//! Engines on the containerd image store (`driver-type io.containerd.snapshotter.v1`)
+//! load through containerd, which needs every blob: they get every layer.
+//!
 //! Proven against a real dockerd (Debian's docker.io 20.10) run in a test node's
 //! namespaces, selected with `--runtime docker`; not through cri-dockerd, whose Go module
 //! this machine cannot fetch.
+
+use std::collections::HashSet;
 
 use anyhow::{Result, anyhow, bail};
 use sideload_agent::protocol::{Answer, Command, CommandResult, Query, Run};
@@ -79,6 +89,7 @@ impl super::Adapter for Adapter {
             socket: socket.to_string(),
             docker: docker.to_string(),
             server: None,
+            reuse: false,
         }))
     }
 }
@@ -97,6 +108,9 @@ pub struct Located {
     docker: String,
     /// The engine's own version, once it answered.
     server: Option<String>,
+    /// Whether layers the engine holds by chain may be left out of a stream: its own
+    /// layer store (not the containerd image store), as `docker info` said.
+    reuse: bool,
 }
 
 impl Located {
@@ -126,18 +140,32 @@ impl super::Located for Located {
     }
 
     /// Whether the engine answers, and its version: a stopped dockerd is named here,
-    /// before any byte is sent.
+    /// before any byte is sent. And which image store it keeps (layer reuse).
     fn probe_query(&self) -> Option<Query> {
         Some(Query {
-            commands: vec![self.docker(
-                &["version", "--format", "{{.Server.Version}}"],
-                CALL_TIMEOUT_SECS,
-            )],
+            commands: vec![
+                self.docker(
+                    &["version", "--format", "{{.Server.Version}}"],
+                    CALL_TIMEOUT_SECS,
+                ),
+                self.docker(
+                    &["info", "--format", "{{json .DriverStatus}}"],
+                    CALL_TIMEOUT_SECS,
+                ),
+            ],
             ..Default::default()
         })
     }
 
     fn configure(&mut self, answer: &Answer) -> Result<()> {
+        // The storage driver's status: pairs such as ["Backing Filesystem","extfs"], or null
+        // (vfs). An engine that does not say which store it keeps gets every layer.
+        self.reuse = answer.results.get(1).is_some_and(|info| {
+            info.exit_code == 0
+                && !info.truncated
+                && serde_json::from_str::<Option<Vec<Vec<String>>>>(info.stdout.trim()).is_ok()
+                && !info.stdout.contains(CONTAINERD_STORE)
+        });
         match answer.results.first() {
             Some(r) if r.exit_code == 0 => {
                 self.server = Some(r.stdout.trim().to_string());
@@ -152,11 +180,50 @@ impl super::Located for Located {
         }
     }
 
+    /// Each ref, and (where layers may be reused) the IDs of every image the engine holds.
     fn inventory_query(&self, wanted: &Wanted) -> Query {
+        let mut commands = inspect(self, &wanted.refs);
+        if self.reuse {
+            commands.push(self.docker(
+                &["image", "ls", "--all", "--quiet", "--no-trunc"],
+                CALL_TIMEOUT_SECS,
+            ));
+        }
         Query {
-            commands: inspect(self, &wanted.refs),
+            commands,
             ..Default::default()
         }
+    }
+
+    /// The layers of the images listed: one `docker image inspect` of them all.
+    fn inventory_followup(&self, wanted: &Wanted, answer: &Answer) -> Option<Query> {
+        let listed = answer
+            .results
+            .get(wanted.refs.len())
+            .filter(|_| self.reuse)?;
+        if listed.exit_code != 0 {
+            return None;
+        }
+        // Image IDs only (`sha256:` and hex), as an engine lists them: nothing else of its
+        // answer becomes an argument.
+        let mut ids: Vec<&str> = listed
+            .stdout
+            .lines()
+            .map(str::trim)
+            .filter(|id| is_image_id(id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.truncate(MAX_IMAGES_ASKED);
+        if ids.is_empty() {
+            return None;
+        }
+        let mut args = vec!["image", "inspect", "--format", LAYERS_FORMAT, "--"];
+        args.extend(ids);
+        Some(Query {
+            commands: vec![self.docker(&args, CALL_TIMEOUT_SECS)],
+            ..Default::default()
+        })
     }
 
     fn inventory(&self, wanted: &Wanted, answer: &Answer) -> Result<Inventory> {
@@ -171,11 +238,23 @@ impl super::Located for Located {
                 Some(_) => {}
             }
         }
+        // The layers of the images listed (the follow-up's answer): each line one image's
+        // diff_ids. An image removed meanwhile fails its part only; lines that are not
+        // such a list are ignored, which can only send more.
+        let chains: Vec<Vec<String>> = answer
+            .results
+            .get(wanted.refs.len() + 1)
+            .filter(|_| self.reuse)
+            .map(|r| {
+                r.stdout
+                    .lines()
+                    .filter_map(|l| serde_json::from_str(l.trim()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Inventory {
             missing,
-            // Every layer goes in the stream: `docker load` needs each one the manifest
-            // names that it cannot find by chain id, and which those are is not asked.
-            layers_present: Default::default(),
+            layers_present: held_by_chain(wanted, &chains),
             checked_by: "Docker Engine (docker image inspect)".into(),
         })
     }
@@ -238,6 +317,46 @@ impl super::Located for Located {
 
 /// What [`inspect`] asks Docker per image: its ID, then its names as JSON.
 const INSPECT_FORMAT: &str = "{{.Id}} {{json .RepoTags}}";
+/// What the inventory's follow-up asks per image: its layers' diff_ids, bottom first.
+const LAYERS_FORMAT: &str = "{{json .RootFS.Layers}}";
+/// What `docker info` says of an engine on the containerd image store.
+const CONTAINERD_STORE: &str = "io.containerd.snapshotter";
+/// Images whose layers are asked for at most (an argv of about 70 bytes each); an engine
+/// with more gets some layers sent that it holds, never fewer.
+const MAX_IMAGES_ASKED: usize = 4096;
+
+/// `sha256:` and 64 lowercase hex digits.
+fn is_image_id(id: &str) -> bool {
+    id.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// The layers of `wanted` the engine holds by chain and `docker load` will therefore not
+/// open: the longest bottom run of its diff_ids that one of `chains` starts with, cut
+/// below any layer that sits above it too (the stream carries that one for up there). So
+/// what is left out is always a bottom run (`StreamPlan::with_docker_manifest` checks it).
+fn held_by_chain(wanted: &Wanted, chains: &[Vec<String>]) -> HashSet<String> {
+    let mut shared = chains
+        .iter()
+        .map(|chain| {
+            chain
+                .iter()
+                .zip(&wanted.diff_ids)
+                .take_while(|(a, b)| a == b)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+        .min(wanted.layers.len());
+    while wanted.layers[..shared]
+        .iter()
+        .any(|l| wanted.layers[shared..].contains(l))
+    {
+        shared -= 1;
+    }
+    wanted.layers[..shared].iter().cloned().collect()
+}
 
 /// `docker image inspect --format … -- REF`, one per ref (a missing ref fails its own
 /// command only).
@@ -444,5 +563,120 @@ mod tests {
             l.describe()
                 .starts_with("docker 20.10.24 at /run/docker.sock")
         );
+    }
+
+    #[test]
+    fn layers_the_engine_holds_by_chain_are_left_out_from_the_bottom() {
+        let mut l = located();
+        let w = Wanted::sample();
+        // Without a store answer, or on the containerd image store: no listing, no reuse.
+        l.configure(&Answer {
+            results: vec![
+                result(0, "20.10.24\n", ""),
+                result(
+                    0,
+                    "[[\"driver-type\",\"io.containerd.snapshotter.v1\"]]\n",
+                    "",
+                ),
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(l.inventory_query(&w).commands.len(), 1);
+        let overlay = Answer {
+            results: vec![
+                result(0, "20.10.24\n", ""),
+                result(0, "[[\"Backing Filesystem\",\"extfs\"]]\n", ""),
+            ],
+            ..Default::default()
+        };
+        l.configure(&overlay).unwrap();
+        let q = l.inventory_query(&w);
+        assert_eq!(q.commands.len(), 2);
+        // vfs says null: its own store too.
+        let vfs = Answer {
+            results: vec![result(0, "20.10.24\n", ""), result(0, "null\n", "")],
+            ..Default::default()
+        };
+        l.configure(&vfs).unwrap();
+        assert_eq!(l.inventory_query(&w).commands.len(), 2);
+        // An answer that is not the driver's status: no reuse.
+        let odd = Answer {
+            results: vec![result(0, "20.10.24\n", ""), result(0, "<no value>\n", "")],
+            ..Default::default()
+        };
+        l.configure(&odd).unwrap();
+        assert_eq!(l.inventory_query(&w).commands.len(), 1);
+        l.configure(&overlay).unwrap();
+        assert_eq!(
+            q.commands[1].argv[3..],
+            ["image", "ls", "--all", "--quiet", "--no-trunc"]
+        );
+        // Only image IDs become arguments; a line a hostile engine could put there does not.
+        let id = |c: &str| format!("sha256:{}", c.repeat(64));
+        let listed = Answer {
+            results: vec![
+                result(1, "", "Error: No such image: app:v1"),
+                result(
+                    0,
+                    &format!("{}\n{}\n--rm;$(id)\n{}\n", id("7"), id("8"), id("7")),
+                    "",
+                ),
+            ],
+            ..Default::default()
+        };
+        let more = l.inventory_followup(&w, &listed).unwrap();
+        assert_eq!(more.commands.len(), 1);
+        assert_eq!(
+            more.commands[0].argv[3..],
+            [
+                "image",
+                "inspect",
+                "--format",
+                LAYERS_FORMAT,
+                "--",
+                &id("7"),
+                &id("8")
+            ]
+        );
+        // The follow-up's answer appended: image 7 shares the bottom layer, 8 nothing.
+        let mut answer = listed.clone();
+        answer.results.push(result(
+            0,
+            &format!(
+                "[\"{}\"]\n[\"{}\",\"{}\"]\n",
+                w.diff_ids[0],
+                id("9"),
+                w.diff_ids[1]
+            ),
+            "",
+        ));
+        let inv = l.inventory(&w, &answer).unwrap();
+        assert_eq!(inv.layers_present, HashSet::from([w.layers[0].clone()]));
+        // A layer of the image in the shared run and above it is sent (for up there).
+        let twice = Wanted {
+            layers: vec![
+                w.layers[0].clone(),
+                w.layers[1].clone(),
+                w.layers[0].clone(),
+            ],
+            diff_ids: vec![
+                w.diff_ids[0].clone(),
+                w.diff_ids[1].clone(),
+                w.diff_ids[0].clone(),
+            ],
+            ..w.clone()
+        };
+        let chains = vec![twice.diff_ids[..2].to_vec()];
+        assert!(held_by_chain(&twice, &chains).is_empty());
+        let all = vec![twice.diff_ids.clone()];
+        assert_eq!(held_by_chain(&twice, &all).len(), 2);
+        // Nothing listed: nothing asked, nothing reused.
+        let none = Answer {
+            results: vec![result(0, "", ""), result(0, "\n", "")],
+            ..Default::default()
+        };
+        assert!(l.inventory_followup(&w, &none).is_none());
+        assert!(l.inventory(&w, &none).unwrap().layers_present.is_empty());
     }
 }

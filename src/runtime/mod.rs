@@ -182,6 +182,12 @@ pub trait Located: Send + Sync + fmt::Debug {
     fn configure(&mut self, answer: &Answer) -> Result<()>;
     /// What the node holds of `wanted`.
     fn inventory_query(&self, wanted: &Wanted) -> Query;
+    /// A second question the first answer raises, if any (Docker: the layers of the images
+    /// the first answer listed). Its results are appended to the first answer's before
+    /// [`Located::inventory`] reads them.
+    fn inventory_followup(&self, _wanted: &Wanted, _answer: &Answer) -> Option<Query> {
+        None
+    }
     fn inventory(&self, wanted: &Wanted, answer: &Answer) -> Result<Inventory>;
     /// The import: a host command fed `bytes` bytes of OCI-layout tar.
     fn import(&self, wanted: &Wanted, bytes: u64) -> Run;

@@ -7,6 +7,7 @@
 //! nothing is patched unless every node verified the image (or `--allow-partial`), then
 //! node labels (`--constrain`), confirmation, strategic merge patch, rollout wait.
 
+pub mod labels;
 pub mod patch;
 pub mod placement;
 pub mod rollout;
@@ -28,11 +29,11 @@ use serde_json::{Value, json};
 use crate::cluster::errors::explain;
 use crate::model::PullPolicy;
 use patch::{AffinityChange, TemplatePatch};
-use placement::{LABEL_PREFIX, LABEL_VALUE, Placement};
+use placement::{LABEL_VALUE, Placement};
 pub use target::{Kind, Target};
 
 /// The field manager recorded for our patches (kubectl uses `kubectl-set` for set image).
-const FIELD_MANAGER: &str = "kubectl-sideload";
+pub(crate) const FIELD_MANAGER: &str = "kubectl-sideload";
 
 /// A workload as found before anything changed, with the patch it will get.
 #[derive(Debug, Clone)]
@@ -187,6 +188,9 @@ pub struct Stage {
     pub nodes: Vec<Node>,
     /// `sideload.dev/img-<12 hex>` for this archive's image.
     pub label_key: String,
+    /// With `--constrain`: what the label promises on each loaded node (set once the
+    /// nodes are loaded; a node without an entry gets an empty record).
+    pub records: BTreeMap<String, labels::Record>,
     pub opts: Options,
 }
 
@@ -455,7 +459,11 @@ impl Stage {
         }
 
         if constrain && go.iter().any(|g| *g) {
-            if let Err(err) = label_nodes(client, covered, &self.label_key).await {
+            let records = covered
+                .iter()
+                .map(|n| (n.clone(), self.records.get(n).cloned().unwrap_or_default()))
+                .collect();
+            if let Err(err) = labels::set(client, &records, &self.label_key).await {
                 let why = format!("not patched: labelling the loaded nodes failed: {err:#}");
                 for (i, r) in results.iter_mut().enumerate() {
                     if go[i] {
@@ -659,51 +667,21 @@ async fn submit(
     }
 }
 
-/// Sets `key=present` on each node (a merge patch of its labels).
-async fn label_nodes(client: &kube::Client, nodes: &BTreeSet<String>, key: &str) -> Result<()> {
-    let api: Api<Node> = Api::all(client.clone());
-    let body = Patch::Merge(json!({"metadata": {"labels": {key: LABEL_VALUE}}}));
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    for node in nodes {
-        api.patch(node, &params, &body)
-            .await
-            .map_err(|e| explain(e, "patch", &format!("node {node}")))?;
-    }
-    Ok(())
-}
-
-/// `cleanup --labels`: every `sideload.dev/img-*` label, by node. With `remove`, deletes them.
+/// `cleanup --labels`: every `sideload.dev/img-*` label, by node. With `remove`, deletes them
+/// (and the records beside them).
 pub async fn node_labels(
     client: &kube::Client,
     remove: bool,
 ) -> Result<BTreeMap<String, Vec<String>>> {
-    let api: Api<Node> = Api::all(client.clone());
     let mut found = BTreeMap::new();
     for node in list_nodes(client).await? {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let keys: Vec<String> = node
-            .metadata
-            .labels
-            .unwrap_or_default()
-            .into_keys()
-            .filter(|k| k.starts_with(LABEL_PREFIX))
-            .collect();
+        let keys: Vec<String> = labels::on(&node).into_iter().map(|l| l.key).collect();
         if keys.is_empty() {
             continue;
         }
         if remove {
-            let labels: serde_json::Map<String, Value> =
-                keys.iter().map(|k| (k.clone(), Value::Null)).collect();
-            api.patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": labels}})),
-            )
-            .await
-            .map_err(|e| explain(e, "patch", &format!("node {name}")))?;
+            labels::remove(client, &name, &keys).await?;
         }
         found.insert(name, keys);
     }
