@@ -15,6 +15,7 @@ mod progress;
 mod reach;
 mod report;
 mod runtime;
+mod sideload;
 mod status;
 mod transfer;
 mod version;

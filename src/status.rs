@@ -48,7 +48,11 @@ pub async fn status(kube: &cli::KubeArgs, args: StatusArgs) -> Result<ExitCode> 
             }
         }
     }
-    let visited = visit_nodes(kube, &args.on, Job::Status { refs }, archive.as_deref()).await?;
+    let visited =
+        match visit_nodes(kube, &args.on, Job::Status { refs }, archive.as_deref()).await? {
+            Outcome::Visited(visited) => visited,
+            Outcome::Stopped(code) => return Ok(code),
+        };
     let mut rows = visited.rows;
     for row in &mut rows {
         row.labels = judge_labels(row, &visited.nodes, false)
@@ -71,9 +75,10 @@ pub async fn unpin(kube: &cli::KubeArgs, args: UnpinArgs) -> Result<ExitCode> {
         .iter()
         .map(|r| normalized(r))
         .collect::<Result<Vec<_>>>()?;
-    let rows = visit_nodes(kube, &args.on, Job::Unpin { refs }, None)
-        .await?
-        .rows;
+    let rows = match visit_nodes(kube, &args.on, Job::Unpin { refs }, None).await? {
+        Outcome::Visited(visited) => visited.rows,
+        Outcome::Stopped(code) => return Ok(code),
+    };
     print_stdout(&render(args.output, &rows, true)?);
     Ok(exit(&rows))
 }
@@ -89,7 +94,10 @@ pub async fn remove(kube: &cli::KubeArgs, args: RmArgs) -> Result<ExitCode> {
         force: args.force,
         dry_run: args.dry_run,
     };
-    let visited = visit_nodes(kube, &args.on, job, None).await?;
+    let visited = match visit_nodes(kube, &args.on, job, None).await? {
+        Outcome::Visited(visited) => visited,
+        Outcome::Stopped(code) => return Ok(code),
+    };
     let mut rows = visited.rows;
     // The --constrain labels that promised an image now gone from the node go too.
     for row in &mut rows {
@@ -184,6 +192,13 @@ fn exit(rows: &[NodeRow]) -> ExitCode {
     }
 }
 
+/// How a visit ended: every node visited, or stopped by a signal (with the exit code shells
+/// report for it), every helper removed either way.
+enum Outcome {
+    Visited(Visited),
+    Stopped(ExitCode),
+}
+
 /// What a visit found: a row per node, and the nodes and client it read them with.
 struct Visited {
     rows: Vec<NodeRow>,
@@ -199,7 +214,7 @@ async fn visit_nodes(
     on: &NodeArgs,
     job: Job,
     archive: Option<&crate::archive::Archive>,
-) -> Result<Visited> {
+) -> Result<Outcome> {
     let selection =
         cli::node_selection(on.nodes.as_deref(), on.selector.as_deref()).map_err(|e| anyhow!(e))?;
     let named = matches!(selection, NodeSelection::Names(_));
@@ -271,13 +286,13 @@ async fn visit_nodes(
     reach::warn_left(&left, &on.helper_namespace);
     if let Some((why, code)) = stopped {
         eprintln!("{why}; stopped, no helper pod left behind");
-        std::process::exit(i32::from(code));
+        return Ok(Outcome::Stopped(ExitCode::from(code)));
     }
-    Ok(Visited {
+    Ok(Outcome::Visited(Visited {
         rows: rows?,
         nodes: all_nodes,
         client: cluster.client.clone(),
-    })
+    }))
 }
 
 /// How the node is visited: for an archive, as a load would plan it (so the node's own
