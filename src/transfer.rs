@@ -19,7 +19,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use indicatif::ProgressBar;
 use sideload_agent::frames::{self, CHUNK, RAW, ZSTD};
-use sideload_agent::protocol::{Part, Run};
+use sideload_agent::protocol::{self, Part, Run, Stdin};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::{Archive, PlatformImage, StreamPlan};
@@ -127,21 +127,32 @@ impl Transfer {
             .extend(located.name_images(&self.staged, &wanted.refs));
         let prefixes = self.plan.prefixes();
         if !prefixes.is_empty() {
+            // A staging importer's parts are imported ahead, each from its own view of the
+            // staging directory, while the next arrives.
+            let staging = match &request.stdin {
+                Stdin::OciDir { dir, .. } => Some(dir.clone()),
+                _ => None,
+            };
             request.parts = self
                 .plan
                 .parts()
                 .iter()
-                .map(|p| Part {
+                .enumerate()
+                .map(|(k, p)| Part {
                     bytes: p.len,
                     index_digest: p.index_sha256.clone(),
+                    commands: match (&staging, &p.prefix) {
+                        (Some(dir), Some(prefix)) => {
+                            located.import_part(wanted, &protocol::part_view(dir, k), &prefix.name)
+                        }
+                        _ => Vec::new(),
+                    },
                 })
                 .collect();
         }
-        // Prefix images by name and by id (CRI's containerd plugin records an image under
-        // both); the staged image by name only: its id is the image's own.
-        let mut names = vec![self.staged.clone()];
-        names.extend(prefixes.into_iter().flat_map(|p| [p.name, p.config]));
-        request.finally.extend(located.remove_images(&names));
+        request
+            .finally
+            .extend(located.remove_partial(&self.staged, &prefixes));
         request
     }
 
@@ -207,6 +218,9 @@ pub struct Framer<'a> {
     inner: &'a mut dyn Write,
     chunk: Vec<u8>,
     compressor: zstd::bulk::Compressor<'static>,
+    /// The compressed chunk, one buffer for the whole stream: a new 1 MiB allocation per
+    /// chunk, on as many threads as there are streams, is what grows an allocator's heap.
+    compressed: Vec<u8>,
     /// Bytes that went out on the wire (frames and headers).
     pub wire: u64,
 }
@@ -220,6 +234,7 @@ impl<'a> Framer<'a> {
             inner,
             chunk: Vec::with_capacity(CHUNK),
             compressor: zstd::bulk::Compressor::new(LEVEL)?,
+            compressed: Vec::with_capacity(zstd::zstd_safe::compress_bound(CHUNK)),
             wire: 0,
         })
     }
@@ -228,9 +243,11 @@ impl<'a> Framer<'a> {
         if self.chunk.is_empty() {
             return Ok(());
         }
-        let compressed = self.compressor.compress(&self.chunk)?;
-        let (tag, payload) = if frames::pays(compressed.len(), self.chunk.len()) {
-            (ZSTD, &compressed[..])
+        self.compressed.clear();
+        self.compressor
+            .compress_to_buffer(&self.chunk, &mut self.compressed)?;
+        let (tag, payload) = if frames::pays(self.compressed.len(), self.chunk.len()) {
+            (ZSTD, &self.compressed[..])
         } else {
             (RAW, &self.chunk[..])
         };

@@ -77,6 +77,22 @@ pub fn receive_into(input: impl Read, bytes: u64, dir: &Path) -> Result<usize, E
     result
 }
 
+/// A layout of its own at `view` for the part just staged in `dir` (made by [`create`]):
+/// copies of that part's `oci-layout` and `index.json`, which the next part replaces in
+/// `dir`, and a link to `dir`'s blobs, which only grow (every blob was checked on arrival).
+pub fn view(dir: &Path, view: &Path) -> Result<(), Error> {
+    let bad = |what: &str, e: io::Error| Error::Bad(format!("{what} {}: {e}", view.display()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(view)
+        .map_err(|e| bad("cannot create", e))?;
+    for name in ["oci-layout", "index.json"] {
+        std::fs::copy(dir.join(name), view.join(name)).map_err(|e| bad(name, e))?;
+    }
+    std::os::unix::fs::symlink(dir.join("blobs"), view.join("blobs"))
+        .map_err(|e| bad("cannot link the blobs into", e))
+}
+
 fn unpack(input: &mut Counted<impl Read>, dir: &Path) -> Result<usize, Error> {
     let mut archive = tar::Archive::new(input);
     let mut seen = std::collections::HashSet::new();
@@ -219,6 +235,39 @@ mod tests {
             std::fs::read(dir.join(format!("blobs/sha256/{}", sha(blob)))).unwrap(),
             blob
         );
+    }
+
+    #[test]
+    fn a_view_keeps_its_parts_index_while_the_next_part_arrives() {
+        let (one, two) = (b"layer one".as_slice(), b"layer two".as_slice());
+        let part = |index: &[u8], blob: &[u8]| {
+            tar_of(&[
+                ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+                ("index.json", index),
+                (&format!("blobs/sha256/{}", sha(blob)), blob),
+            ])
+        };
+        let dir = tmp("view");
+        let first = part(b"{\"part\":0}", one);
+        create(&dir).unwrap();
+        receive_into(&first[..], first.len() as u64, &dir).unwrap();
+        let view_path = dir.with_extension("part0");
+        view(&dir, &view_path).unwrap();
+        let second = part(b"{\"part\":1}", two);
+        receive_into(&second[..], second.len() as u64, &dir).unwrap();
+        assert_eq!(
+            std::fs::read(view_path.join("index.json")).unwrap(),
+            b"{\"part\":0}"
+        );
+        assert_eq!(
+            std::fs::read(dir.join("index.json")).unwrap(),
+            b"{\"part\":1}"
+        );
+        // Blobs of the parts before and after, through the link.
+        for blob in [one, two] {
+            let path = view_path.join(format!("blobs/sha256/{}", sha(blob)));
+            assert_eq!(std::fs::read(path).unwrap(), blob);
+        }
     }
 
     #[test]

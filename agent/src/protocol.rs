@@ -263,6 +263,20 @@ pub struct Part {
     pub bytes: u64,
     /// sha256 (hex) of the part's `index.json`.
     pub index_digest: String,
+    /// With [`Stdin::OciDir`]: run, in order, once this part is staged, while the parts
+    /// after it arrive; they read the part's own layout at [`part_view`] (its `index.json`
+    /// beside the staging directory's blobs). Each part's commands start once the part
+    /// before's have exited, and the run's own commands once all have. A failure here is
+    /// told and ends the parts' commands, never the run: the run's commands import the
+    /// whole image whatever the parts left (they are a head start, not a dependency).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<Command>,
+}
+
+/// Where part `k` (from 0) of a stream staged in `dir` can be read as a layout of its own
+/// for [`Part::commands`]: the agent makes it, and removes it with `dir`.
+pub fn part_view(dir: &str, k: usize) -> String {
+    format!("{dir}.part{k}")
 }
 
 /// One node's part in a relay: the plugin uploads once, to the head; every member passes
@@ -356,6 +370,7 @@ mod tests {
             parts: vec![Part {
                 bytes: 42,
                 index_digest: "1".repeat(64),
+                commands: vec![Command::new(["/usr/bin/skopeo", "copy"])],
             }],
             finally: vec![Command::new(["/usr/bin/ctr", "images", "rm", "x"])],
         };

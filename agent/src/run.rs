@@ -346,7 +346,8 @@ fn settle(name: &str, child: &mut Child, fed: Fed, bytes: u64) -> Result<i32, St
 }
 
 /// A stream staged as one directory first; a cut stream's parts all go into it (the last
-/// part's index names the image), then the commands run.
+/// part's index names the image), each part's own commands ([`Part::commands`]) running
+/// while the next arrives; then the run's commands.
 fn staged(
     commands: &[Command],
     bytes: u64,
@@ -354,23 +355,30 @@ fn staged(
     dir: &str,
     input: &mut Stream,
 ) -> Result<i32, String> {
-    let dir = host::absolute(dir)?;
+    let path = host::absolute(dir)?;
+    let mut ahead = Ahead::start()?;
     let received = if parts.is_empty() {
-        ocidir::receive(&mut *input, bytes, dir)
+        ocidir::receive(&mut *input, bytes, path)
     } else {
-        ocidir::create(dir).and_then(|()| {
+        ocidir::create(path).and_then(|()| {
             let mut before = 0;
-            for part in parts {
+            for (k, part) in parts.iter().enumerate() {
                 input.expect_part(&part.index_digest);
-                ocidir::receive_into(&mut *input, part.bytes, dir).map_err(|e| match e {
+                ocidir::receive_into(&mut *input, part.bytes, path).map_err(|e| match e {
                     ocidir::Error::Short { got } => ocidir::Error::Short { got: before + got },
                     bad => bad,
                 })?;
                 before += part.bytes;
+                if !part.commands.is_empty() {
+                    ahead.queue(path, &protocol::part_view(dir, k), &part.commands);
+                }
             }
             Ok(parts.len())
         })
     };
+    // The parts' commands end before the run's start (or, when the stream broke, before
+    // the agent cleans up): none of them outlives the run.
+    let views = ahead.finish(received.is_err());
     let outcome = match received {
         Ok(_) => sequence(commands),
         Err(ocidir::Error::Short { got }) => {
@@ -380,12 +388,94 @@ fn staged(
         Err(ocidir::Error::Bad(message)) => Err(message),
     };
     // Whatever happened: the staged copy never outlives the commands.
-    if let Err(e) = std::fs::remove_dir_all(dir)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        eprintln!("sideload-agent: could not remove {}: {e}", dir.display());
+    for dir in views.iter().map(|v| v.as_path()).chain([path]) {
+        if let Err(e) = std::fs::remove_dir_all(dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("sideload-agent: could not remove {}: {e}", dir.display());
+        }
     }
     outcome
+}
+
+/// The parts' own commands, one part's after another on a thread of their own, while the
+/// stream goes on arriving. They are a head start for the run's commands (which import
+/// the whole image either way), so a failure is told and stops the rest of them, never
+/// the run.
+struct Ahead {
+    queue: Option<std::sync::mpsc::Sender<Vec<Command>>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+    abandon: Arc<AtomicBool>,
+    views: Vec<std::path::PathBuf>,
+}
+
+impl Ahead {
+    fn start() -> Result<Self, String> {
+        let (queue, parts) = std::sync::mpsc::channel::<Vec<Command>>();
+        let abandon = Arc::new(AtomicBool::new(false));
+        let stop = abandon.clone();
+        let worker = host::thread()
+            .spawn(move || {
+                for commands in parts {
+                    if stop.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let failed = match sequence(&commands) {
+                        Ok(0) => continue,
+                        Ok(code) => format!("{} exited {code}", commands[0].argv[0]),
+                        Err(e) => e,
+                    };
+                    eprintln!(
+                        "sideload-agent: importing a part ahead failed ({failed}); the \
+                         import of the whole image does it"
+                    );
+                    stop.store(true, Ordering::SeqCst);
+                }
+            })
+            .map_err(|e| format!("cannot start the parts' import thread: {e}"))?;
+        Ok(Ahead {
+            queue: Some(queue),
+            worker: Some(worker),
+            abandon,
+            views: Vec::new(),
+        })
+    }
+
+    /// Gives the part just staged in `dir` a layout of its own at `view` and queues its
+    /// commands, unless an earlier part's failed.
+    fn queue(&mut self, dir: &std::path::Path, view: &str, commands: &[Command]) {
+        if self.abandon.load(Ordering::SeqCst) {
+            return;
+        }
+        let made = host::absolute(view)
+            .map_err(ocidir::Error::Bad)
+            .and_then(|v| ocidir::view(dir, v).map(|()| v.to_path_buf()));
+        match made {
+            Ok(v) => {
+                self.views.push(v);
+                if let Some(queue) = &self.queue {
+                    let _ = queue.send(commands.to_vec());
+                }
+            }
+            Err(e) => {
+                eprintln!("sideload-agent: no head start for this part: {e:?}");
+                self.abandon.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Waits for the commands queued so far (skipping those not started when `abandon`),
+    /// and gives back the views made, for removal.
+    fn finish(&mut self, abandon: bool) -> Vec<std::path::PathBuf> {
+        if abandon {
+            self.abandon.store(true, Ordering::SeqCst);
+        }
+        drop(self.queue.take());
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+        std::mem::take(&mut self.views)
+    }
 }
 
 #[cfg(test)]
@@ -408,6 +498,10 @@ mod tests {
         let blob = vec![fill; len];
         let mut b = tar::Builder::new(Vec::new());
         for (path, data) in [
+            (
+                "oci-layout".to_string(),
+                &br#"{"imageLayoutVersion":"1.0.0"}"#[..],
+            ),
             ("index.json".to_string(), index.as_bytes()),
             (
                 format!("blobs/sha256/{}", hex::encode(Sha256::digest(&blob))),
@@ -424,6 +518,7 @@ mod tests {
         let part = Part {
             bytes: tar.len() as u64,
             index_digest: hex::encode(Sha256::digest(index.as_bytes())),
+            commands: Vec::new(),
         };
         (tar, part)
     }
@@ -479,5 +574,70 @@ mod tests {
             1,
             "only the first part was imported: {lines}"
         );
+    }
+
+    /// A staged stream's parts run their own commands while the next part arrives, each
+    /// reading its own part's index through its view; the run's commands read the last
+    /// part's, after all of them; nothing of the staging is left.
+    #[test]
+    fn staged_parts_import_ahead_each_through_its_own_view() {
+        let log = log_file();
+        let base = std::env::temp_dir().join(format!("agent-staged-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = base.join("oci").display().to_string();
+        let shell = |script: &str, view: &str| {
+            let mut c = Command::new(["/bin/sh", "-c", script]);
+            c.env.insert("LOG".into(), log.display().to_string());
+            c.env.insert("VIEW".into(), view.to_string());
+            c
+        };
+        // Slow, so the next part is staged (its index replacing this one's) meanwhile.
+        let ahead = r#"sleep 0.3; cat "$VIEW/index.json" >> "$LOG"; echo >> "$LOG"; ls "$VIEW/blobs/sha256" | wc -l >> "$LOG""#;
+        let (a, mut pa) = part(1, 1000);
+        let (b, mut pb) = part(2, 1000);
+        let (c, pc) = part(3, 1000);
+        pa.commands = vec![shell(ahead, &protocol::part_view(&dir, 0))];
+        pb.commands = vec![shell(ahead, &protocol::part_view(&dir, 1))];
+        let bytes = (a.len() + b.len() + c.len()) as u64;
+        let mut input = Stream::of_bytes([a, b, c].concat(), &pa.index_digest);
+        let last = shell(r#"cat "$VIEW/index.json" >> "$LOG""#, &dir);
+        let code = staged(&[last], bytes, &[pa, pb, pc], &dir, &mut input).unwrap();
+        assert_eq!(code, 0);
+        let lines = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<_> = lines.split_whitespace().collect();
+        // Part 0 saw its own index (and at least its own blob), part 1 its own, then the run.
+        assert_eq!(lines[0], r#"{"part":1}"#, "{lines:?}");
+        assert!(lines[1].parse::<u32>().unwrap() >= 1, "{lines:?}");
+        assert_eq!(lines[2], r#"{"part":2}"#, "{lines:?}");
+        assert_eq!(lines[4], r#"{"part":3}"#, "{lines:?}");
+        let left: Vec<_> = std::fs::read_dir(&base).unwrap().collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+
+    /// A part's commands that fail cost the head start only: the run's commands still run
+    /// and decide the outcome.
+    #[test]
+    fn a_failing_part_command_does_not_fail_the_run() {
+        let log = log_file();
+        let base = std::env::temp_dir().join(format!("agent-ahead-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = base.join("oci").display().to_string();
+        let (a, mut pa) = part(1, 100);
+        let (b, mut pb) = part(2, 100);
+        let (c, pc) = part(3, 100);
+        pa.commands = vec![Command::new(["/bin/false"])];
+        let mut second = Command::new(["/bin/sh", "-c", "echo second >> \"$LOG\""]);
+        second.env.insert("LOG".into(), log.display().to_string());
+        pb.commands = vec![second];
+        let bytes = (a.len() + b.len() + c.len()) as u64;
+        let mut input = Stream::of_bytes([a, b, c].concat(), &pa.index_digest);
+        let mut last = Command::new(["/bin/sh", "-c", "echo last >> \"$LOG\""]);
+        last.env.insert("LOG".into(), log.display().to_string());
+        let code = staged(&[last], bytes, &[pa, pb, pc], &dir, &mut input).unwrap();
+        assert_eq!(code, 0);
+        // After a failure the parts' commands stop; the run's own still ran.
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "last\n");
     }
 }

@@ -32,7 +32,7 @@ use serde::Serialize;
 
 pub use error::ArchiveError;
 use layout::BlobData;
-pub use parts::StreamPlan;
+pub use parts::{Prefix, StreamPlan};
 pub use platform::Platform;
 use scan::{CHUNK, ScanOpts};
 

@@ -66,10 +66,12 @@ pub async fn run(api: &Api<Pod>, pod: &str, argv: Vec<String>) -> Result<Output>
 /// on the test cluster, 256 MiB to one node: 4 KiB 18.9 s, 256 KiB 8.5-10.2 s, 1 MiB
 /// 7.3-8.4 s.
 const FRAME: usize = 1024 * 1024;
-/// Frames queued between the archive reader thread and the socket: with `FRAME` this
-/// bounds the plugin's buffers at 3 MiB per stream in flight (8 gave 70 MiB peak RSS for
-/// four parallel streams in bench/transfer, above the 32 MiB target).
-const QUEUED_FRAMES: usize = 3;
+/// Frames queued between the archive reader thread and the socket (the reader makes frames
+/// far faster than a socket takes them, so one is enough). Each queued frame is 1 MiB per
+/// stream in flight: 8 gave 70 MiB peak RSS for four parallel streams in bench/transfer;
+/// for 256 MiB to all five nodes with `--relay off`, two runs each alternating, 3 gave
+/// 63.5/63.9 MiB in 30.6/32.1 s and 1 gave 55.5/55.7 MiB in 35.2/27.1 s.
+const QUEUED_FRAMES: usize = 1;
 
 /// Runs `argv` with `feed` writing the command's stdin from a blocking thread (the archive
 /// reader is synchronous file I/O). `feed` returns how many bytes it wrote.

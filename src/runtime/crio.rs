@@ -17,6 +17,7 @@ use sideload_agent::protocol::{self, Answer, Command, HttpGet, Query, Run, Stdin
 
 use super::cri::{self, Crictl};
 use super::{Inventory, Version, Wanted, candidate_sockets, first_executable, first_socket};
+use crate::archive::Prefix;
 use crate::cluster::helper::Needs;
 
 /// Where CRI-O's socket is by default (the kubelet's endpoint, when known, goes first).
@@ -350,6 +351,43 @@ struct StoredLayer {
     flags: BTreeMap<String, serde_json::Value>,
 }
 
+impl Located {
+    /// skopeo on CRI-O's storage exactly (its storage.conf, staged beside), its temporary
+    /// files in the helper's scratch volume.
+    fn skopeo(&self, args: Vec<String>) -> Command {
+        let mut argv = vec![self.skopeo.clone(), "--insecure-policy".into()];
+        argv.extend(args);
+        let mut c = Command::new(argv).timeout(IMPORT_TIMEOUT_SECS);
+        c.env.insert("TMPDIR".into(), STAGING_PARENT.into());
+        c.env
+            .insert("CONTAINERS_STORAGE_CONF".into(), STORAGE_CONF_STAGED.into());
+        c
+    }
+
+    /// Copies the image of the OCI layout at `layout` into the storage as `name`.
+    fn copy(&self, wanted: &Wanted, layout: &str, name: &str) -> Command {
+        let platform = &wanted.platform;
+        let mut args = vec![
+            "--override-os".into(),
+            platform.os.clone(),
+            "--override-arch".into(),
+            platform.architecture.clone(),
+        ];
+        if let Some(variant) = &platform.variant {
+            args.extend(["--override-variant".into(), variant.clone()]);
+        }
+        args.extend([
+            "copy".into(),
+            "--quiet".into(),
+            // Fail rather than rewrite the manifest: the image must keep its digest.
+            "--preserve-digests".into(),
+            format!("oci:{layout}"),
+            self.storage.reference(name),
+        ]);
+        self.skopeo(args)
+    }
+}
+
 impl super::Located for Located {
     fn describe(&self) -> String {
         format!(
@@ -489,36 +527,32 @@ impl super::Located for Located {
         })
     }
 
+    /// skopeo reads a stream only once it is whole, so a cut stream is staged part by
+    /// part, and each part's prefix image is copied into the storage while the next part
+    /// arrives ([`Located::import_part`]); the last copy then finds those layers there.
+    fn imports_in_parts(&self) -> bool {
+        true
+    }
+
+    fn import_part(&self, wanted: &Wanted, view: &str, name: &str) -> Vec<Command> {
+        vec![self.copy(wanted, view, name)]
+    }
+
+    /// skopeo writes the refs only once the image is complete: no staged name to remove,
+    /// only the prefix images, one `skopeo delete` each (their layers stay, held by the
+    /// image; a prefix a failed run never made fails its own delete, and nothing else).
+    fn remove_partial(&self, _staged: &str, prefixes: &[Prefix]) -> Vec<Command> {
+        prefixes
+            .iter()
+            .map(|p| self.skopeo(vec!["delete".into(), self.storage.reference(&p.name)]))
+            .collect()
+    }
+
     fn import(&self, wanted: &Wanted, bytes: u64) -> Run {
         let commands = wanted
             .refs
             .iter()
-            .map(|r| {
-                let mut argv = vec![
-                    self.skopeo.clone(),
-                    "--insecure-policy".into(),
-                    "--override-os".into(),
-                    wanted.platform.os.clone(),
-                    "--override-arch".into(),
-                    wanted.platform.architecture.clone(),
-                ];
-                if let Some(variant) = &wanted.platform.variant {
-                    argv.extend(["--override-variant".into(), variant.clone()]);
-                }
-                argv.extend([
-                    "copy".into(),
-                    "--quiet".into(),
-                    // Fail rather than rewrite the manifest: the image must keep its digest.
-                    "--preserve-digests".into(),
-                    format!("oci:{STAGING_DIR}"),
-                    self.storage.reference(r),
-                ]);
-                let mut c = Command::new(argv).timeout(IMPORT_TIMEOUT_SECS);
-                c.env.insert("TMPDIR".into(), STAGING_PARENT.into());
-                c.env
-                    .insert("CONTAINERS_STORAGE_CONF".into(), STORAGE_CONF_STAGED.into());
-                c
-            })
+            .map(|r| self.copy(wanted, STAGING_DIR, r))
             .collect();
         Run {
             commands,
@@ -682,6 +716,59 @@ mod tests {
                 .contains("overlay@/data/crio+/run/crio-storage"),
             "{}",
             l.describe()
+        );
+    }
+
+    /// A cut stream on CRI-O: every part but the last copies its prefix image from its own
+    /// view while the next part arrives, by argv; the prefix images are deleted after;
+    /// the real copy still reads the whole staging directory.
+    #[test]
+    fn a_cut_stream_imports_its_parts_ahead_from_their_views() {
+        use crate::archive::testutil::{TestImage, docker_archive, write_temp};
+        use crate::archive::{Archive, Source};
+        let img = TestImage::new(7, "linux/amd64", 3, 4096);
+        let (_dir, path) = write_temp(&docker_archive(&img, &["app:v1"]).tar());
+        let archive = std::sync::Arc::new(Archive::open(&Source::Path(path)).unwrap());
+        let image = archive.summary().images[0].clone();
+        let transfer =
+            crate::transfer::Transfer::new(archive, image, HashSet::new(), "r9", true, false)
+                .unwrap();
+        let l = located(Some(CONFIG));
+        assert!(l.imports_in_parts());
+        let run = transfer.request(l.as_ref(), &wanted(), true);
+        assert_eq!(run.parts.len(), 3);
+        let storage = "containers-storage:[overlay@/srv/node-d/storage+/run/node-d/storage]";
+        for (k, part) in run.parts[..2].iter().enumerate() {
+            let [copy] = &part.commands[..] else {
+                panic!("part {k}: {:?}", part.commands)
+            };
+            let argv = &copy.argv;
+            assert_eq!(argv[0], "/usr/bin/skopeo");
+            assert_eq!(
+                argv[argv.len() - 2..],
+                [
+                    format!("oci:{STAGING_DIR}.part{k}"),
+                    format!("{storage}sideload.invalid/partial:r9-{}", k + 1)
+                ]
+            );
+            assert!(argv.contains(&"--preserve-digests".to_string()));
+            assert_eq!(copy.env["CONTAINERS_STORAGE_CONF"], STORAGE_CONF_STAGED);
+        }
+        assert!(run.parts[2].commands.is_empty());
+        assert!(
+            run.commands
+                .iter()
+                .all(|c| c.argv.contains(&format!("oci:{STAGING_DIR}")))
+        );
+        let deleted: Vec<_> = run.finally.iter().map(|c| c.argv[2..].to_vec()).collect();
+        assert_eq!(
+            deleted,
+            (0..2)
+                .map(|k| vec![
+                    "delete".to_string(),
+                    format!("{storage}sideload.invalid/partial:r9-{}", k + 1)
+                ])
+                .collect::<Vec<_>>()
         );
     }
 

@@ -19,7 +19,7 @@ use anyhow::Result;
 use serde::Serialize;
 use sideload_agent::protocol::{Answer, Command, Query, Run};
 
-use crate::archive::Platform;
+use crate::archive::{Platform, Prefix};
 use crate::cluster::helper::Needs;
 use crate::model::RuntimeKind;
 
@@ -209,6 +209,25 @@ pub trait Located: Send + Sync + fmt::Debug {
     /// the refs only once the whole image is in (skopeo, CRI-O).
     fn name_images(&self, _staged: &str, _refs: &[String]) -> Vec<Command> {
         Vec::new()
+    }
+    /// Host commands importing the prefix image `name` (archive/parts.rs) from the layout
+    /// at `view` as soon as its part is staged ([`sideload_agent::protocol::Part::commands`]), for
+    /// importers that stage the whole stream first (skopeo, CRI-O): the real import then
+    /// finds those layers in place. Empty where the parts are imported as they come.
+    fn import_part(&self, _wanted: &Wanted, _view: &str, _name: &str) -> Vec<Command> {
+        Vec::new()
+    }
+    /// Host commands removing what an import made on the way, once it ended: the staged
+    /// name and a cut stream's prefix images (by name and, as CRI's containerd plugin
+    /// also records an image, by config digest). Their layers stay, held by the image.
+    fn remove_partial(&self, staged: &str, prefixes: &[Prefix]) -> Vec<Command> {
+        let mut names = vec![staged.to_string()];
+        names.extend(
+            prefixes
+                .iter()
+                .flat_map(|p| [p.name.clone(), p.config.clone()]),
+        );
+        self.remove_images(&names).into_iter().collect()
     }
     /// A host command removing these image records (not their layers) from the runtime.
     fn remove_images(&self, _refs: &[String]) -> Option<Command> {
