@@ -197,10 +197,16 @@ mod tests {
         let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let server = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
-            let mut req = [0u8; 1024];
-            let n = conn.read(&mut req).unwrap();
+            // The request may arrive in several reads (CI once saw a partial first read).
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).unwrap();
+                assert!(n > 0, "the request ended early: {req:?}");
+                req.extend_from_slice(&buf[..n]);
+            }
             assert!(
-                std::str::from_utf8(&req[..n])
+                std::str::from_utf8(&req)
                     .unwrap()
                     .starts_with("GET /config ")
             );
