@@ -760,10 +760,12 @@ async fn move_bytes(
     }
     // Relays first, all at once (members mostly wait for bytes); what they did not reach
     // is loaded directly afterwards.
+    // The client's buffers per stream shrink with the streams that run at once.
+    let chunk = transfer::chunk_for(relays.len());
     let relayed = futures::future::join_all(
         relays
             .iter()
-            .map(|members| relay(run, image, pods, ready, members)),
+            .map(|members| relay(run, image, pods, ready, members, chunk)),
     )
     .await;
     for (members, outcome) in relays.iter().zip(relayed) {
@@ -774,8 +776,13 @@ async fn move_bytes(
             }
         }
     }
+    let at_once = direct.len().min(run.parallel.max(1));
+    let chunk = transfer::chunk_for(at_once);
     let directs: Vec<(usize, Moved)> = futures::stream::iter(direct)
-        .map(|(k, via)| async move { (k, stream_direct(run, image, pods, &ready[k], via).await) })
+        .map(|(k, via)| async move {
+            let moved = stream_direct(run, image, pods, &ready[k], via, chunk).await;
+            (k, moved)
+        })
         .buffer_unordered(run.parallel.max(1))
         .collect()
         .await;
@@ -860,13 +867,14 @@ fn transfer_for<'a>(
     )
 }
 
-/// One node's own stream from the plugin.
+/// One node's own stream from the plugin, in chunks of `chunk` bytes.
 async fn stream_direct(
     run: &Run,
     image: &Image<'_>,
     pods: &Api<Pod>,
     r: &Ready<'_>,
     via: String,
+    chunk: usize,
 ) -> Moved {
     let work = async {
         let transfer = transfer_for(run, image, [r])?;
@@ -886,8 +894,13 @@ async fn stream_direct(
             pod: &r.helper.pod,
         };
         let len = transfer.len();
-        let feed = transfer.feed(r.helper.bar.clone(), run.compress, run.cancel.clone());
-        let (out, written) = agent.run(&request, feed).await?;
+        let feed = transfer.feed(
+            r.helper.bar.clone(),
+            run.compress,
+            chunk,
+            run.cancel.clone(),
+        );
+        let (out, written) = agent.run(&request, chunk, feed).await?;
         import_outcome(&out, reused)?;
         let sent = written
             .map_err(|e| anyhow!("streaming the archive failed after the import ended: {e}"))?;
@@ -906,14 +919,16 @@ async fn stream_direct(
     }
 }
 
-/// One upload for all `members` (indexes into `ready`), relayed node to node. Per member:
-/// what came of it, or `Err(why)` when it must be loaded directly instead.
+/// One upload for all `members` (indexes into `ready`), relayed node to node, in chunks of
+/// `chunk` bytes. Per member: what came of it, or `Err(why)` when it must be loaded
+/// directly instead.
 async fn relay(
     run: &Run,
     image: &Image<'_>,
     pods: &Api<Pod>,
     ready: &[Ready<'_>],
     members: &[usize],
+    chunk: usize,
 ) -> Vec<Result<Moved, String>> {
     let nodes: Vec<&Ready<'_>> = members.iter().map(|&k| &ready[k]).collect();
     let nodes = &nodes;
@@ -966,8 +981,9 @@ async fn relay(
                     r.say(format!("sending once for {} node(s)", nodes.len()));
                     r.helper.bar.set_length(transfer.len());
                     r.helper.bar.set_position(0);
-                    let feed = transfer.feed(r.helper.bar.clone(), run.compress, run.cancel.clone());
-                    let (out, written) = agent.run(&request, feed).await?;
+                    let feed =
+                        transfer.feed(r.helper.bar.clone(), run.compress, chunk, run.cancel.clone());
+                    let (out, written) = agent.run(&request, chunk, feed).await?;
                     Ok::<_, anyhow::Error>((out, written.unwrap_or(0)))
                 } else {
                     r.say(format!(

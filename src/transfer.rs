@@ -160,10 +160,12 @@ impl Transfer {
     /// (stream bytes), framed and compressed where that pays when `framed` (as the
     /// [`Transfer::request`] with the same `framed` announces). Returns the bytes that
     /// went on the wire.
+    /// `chunk` ([`chunk_for`]) is how much the framer gathers before it compresses and sends.
     pub fn feed(
         self,
         bar: ProgressBar,
         framed: bool,
+        chunk: usize,
         stop: CancellationToken,
     ) -> impl FnOnce(&mut dyn Write) -> io::Result<u64> + Send + 'static {
         move |w: &mut dyn Write| {
@@ -182,7 +184,7 @@ impl Transfer {
             if !framed {
                 return self.write(&mut Counting { inner: w, bar });
             }
-            let mut framer = Framer::new(w)?;
+            let mut framer = Framer::new(w, chunk)?;
             self.write(&mut Counting {
                 inner: &mut framer,
                 bar,
@@ -210,13 +212,29 @@ impl Transfer {
     }
 }
 
-/// Cuts a stream into frames of at most 1 MiB (agent/src/frames.rs has the format), each
+/// The size of one stream's buffers (the framer's chunk, the exec's websocket frames) when
+/// `streams` streams leave the client at once. A stream holds several buffers this big (the
+/// chunk, its compressed copy, the frame being filled, one queued, one in the socket), so
+/// they are cut as streams are added, and the client's memory stays near that of one stream
+/// however many nodes are loaded directly (`--relay off`, or nodes that cannot relay). Alone,
+/// a stream gets 1 MiB: fewer, larger frames are faster through the API server
+/// (cluster/exec.rs); 256 KiB at least, where per-frame costs would start to dominate.
+pub fn chunk_for(streams: usize) -> usize {
+    (CHUNK / streams.max(1)).clamp(MIN_CHUNK, CHUNK)
+}
+
+/// The smallest [`chunk_for`].
+const MIN_CHUNK: usize = 256 * 1024;
+
+/// Cuts a stream into frames of at most `chunk` bytes (agent/src/frames.rs has the format), each
 /// zstd-compressed where that saves a tenth or more, else sent as is: text-like layers
 /// (what `docker save` writes uncompressed) shrink, random data and gzip layers cost one
 /// quick attempt per chunk. The node decodes them into the very same bytes.
 pub struct Framer<'a> {
     inner: &'a mut dyn Write,
     chunk: Vec<u8>,
+    /// Bytes gathered per frame.
+    size: usize,
     compressor: zstd::bulk::Compressor<'static>,
     /// The compressed chunk, one buffer for the whole stream: a new 1 MiB allocation per
     /// chunk, on as many threads as there are streams, is what grows an allocator's heap.
@@ -229,12 +247,15 @@ pub struct Framer<'a> {
 const LEVEL: i32 = 1;
 
 impl<'a> Framer<'a> {
-    pub fn new(inner: &'a mut dyn Write) -> io::Result<Self> {
+    /// `chunk`: bytes per frame, at most the agent's [`CHUNK`] (what it decodes at most).
+    pub fn new(inner: &'a mut dyn Write, chunk: usize) -> io::Result<Self> {
+        let chunk = chunk.clamp(1, CHUNK);
         Ok(Framer {
             inner,
-            chunk: Vec::with_capacity(CHUNK),
+            chunk: Vec::with_capacity(chunk),
+            size: chunk,
             compressor: zstd::bulk::Compressor::new(LEVEL)?,
-            compressed: Vec::with_capacity(zstd::zstd_safe::compress_bound(CHUNK)),
+            compressed: Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk)),
             wire: 0,
         })
     }
@@ -262,9 +283,9 @@ impl<'a> Framer<'a> {
 
 impl Write for Framer<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = (CHUNK - self.chunk.len()).min(buf.len());
+        let n = (self.size - self.chunk.len()).min(buf.len());
         self.chunk.extend_from_slice(&buf[..n]);
-        if self.chunk.len() == CHUNK {
+        if self.chunk.len() == self.size {
             self.emit()?;
         }
         Ok(n)
@@ -525,25 +546,41 @@ mod tests {
         let mut random = vec![0u8; CHUNK + 7];
         getrandom::fill(&mut random).unwrap();
         let input = [text.clone(), random.clone()].concat();
-        let mut wire = Vec::new();
-        let mut framer = Framer::new(&mut wire).unwrap();
-        framer.write_all(&input).unwrap();
-        framer.flush().unwrap();
-        let sent = framer.wire;
-        assert_eq!(sent, wire.len() as u64);
-        assert!(
-            sent < (input.len() as u64) / 2,
-            "text compresses: {sent} of {}",
-            input.len()
-        );
-        // Decode as the agent does.
-        let mut back = Vec::new();
-        std::io::Read::read_to_end(
-            &mut sideload_agent::frames::Deframer::new(&wire[..]),
-            &mut back,
-        )
-        .unwrap();
-        assert!(back == input, "decoded stream differs");
+        // The sizes chunk_for gives (one stream, several), and one the framer must cap.
+        for chunk in [CHUNK, MIN_CHUNK, 4 * CHUNK] {
+            let mut wire = Vec::new();
+            let mut framer = Framer::new(&mut wire, chunk).unwrap();
+            framer.write_all(&input).unwrap();
+            framer.flush().unwrap();
+            let sent = framer.wire;
+            assert_eq!(sent, wire.len() as u64);
+            assert!(
+                sent < (input.len() as u64) / 2,
+                "text compresses in {chunk}-byte chunks: {sent} of {}",
+                input.len()
+            );
+            // Decode as the agent does.
+            let mut back = Vec::new();
+            std::io::Read::read_to_end(
+                &mut sideload_agent::frames::Deframer::new(&wire[..]),
+                &mut back,
+            )
+            .unwrap();
+            assert!(
+                back == input,
+                "decoded stream differs ({chunk}-byte chunks)"
+            );
+        }
+    }
+
+    /// One stream gets the fastest frames; several share about what one would hold.
+    #[test]
+    fn streams_at_once_share_one_streams_buffers() {
+        assert_eq!(chunk_for(0), CHUNK);
+        assert_eq!(chunk_for(1), CHUNK);
+        assert_eq!(chunk_for(2), CHUNK / 2);
+        assert_eq!(chunk_for(4), MIN_CHUNK);
+        assert_eq!(chunk_for(64), MIN_CHUNK);
     }
 
     #[test]

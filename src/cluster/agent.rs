@@ -164,13 +164,18 @@ pub struct Agent<'a> {
 
 impl Agent<'_> {
     /// One host command fed from `feed`, which writes exactly the number of bytes `run`
-    /// announces (see `transfer::Transfer`).
-    pub async fn run<F>(&self, run: &Run, feed: F) -> Result<(Output, io::Result<u64>)>
+    /// announces (see `transfer::Transfer`), sent in websocket frames of `frame` bytes.
+    pub async fn run<F>(
+        &self,
+        run: &Run,
+        frame: usize,
+        feed: F,
+    ) -> Result<(Output, io::Result<u64>)>
     where
         F: FnOnce(&mut dyn Write) -> io::Result<u64> + Send + 'static,
     {
         let argv = argv(protocol::verb::RUN, run)?;
-        let (out, written) = exec::run_with_input(self.pods, self.pod, argv, feed).await?;
+        let (out, written) = exec::run_with_input(self.pods, self.pod, argv, frame, feed).await?;
         tracing::debug!(pod = self.pod, code = out.exit_code, stdout = %out.stdout, stderr = %out.stderr, "agent run finished");
         Ok((out, written))
     }

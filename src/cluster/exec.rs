@@ -54,18 +54,22 @@ impl Output {
     }
 }
 
+/// A stdin writer that is never called (the type of "no input").
+type Feed = fn(&mut dyn Write) -> io::Result<u64>;
+
 /// Runs `argv` in the helper container with no input.
 pub async fn run(api: &Api<Pod>, pod: &str, argv: Vec<String>) -> Result<Output> {
-    let no_input: Option<fn(&mut dyn Write) -> io::Result<u64>> = None;
+    let no_input: Option<(usize, Feed)> = None;
     Ok(session(api, pod, argv, no_input).await?.0)
 }
 
-/// Bytes of stdin per websocket frame. kube-rs' own exec loop sends 4 KiB frames; every
-/// frame costs a message in the API server, the kubelet and the runtime's stream server,
-/// and at 4 KiB that overhead dominated a 1 GiB transfer (see bench/sideload-1g). Measured
-/// on the test cluster, 256 MiB to one node: 4 KiB 18.9 s, 256 KiB 8.5-10.2 s, 1 MiB
-/// 7.3-8.4 s.
-const FRAME: usize = 1024 * 1024;
+/// Bytes of stdin per websocket frame, at most. kube-rs' own exec loop sends 4 KiB frames;
+/// every frame costs a message in the API server, the kubelet and the runtime's stream
+/// server, and at 4 KiB that overhead dominated a 1 GiB transfer (see bench/sideload-1g).
+/// Measured on the test cluster, 256 MiB to one node: 4 KiB 18.9 s, 256 KiB 8.5-10.2 s,
+/// 1 MiB 7.3-8.4 s. Several streams at once use smaller frames (`transfer::chunk_for`):
+/// each frame is held three or four times over on its way out.
+const MAX_FRAME: usize = 1024 * 1024;
 /// Frames queued between the archive reader thread and the socket (the reader makes frames
 /// far faster than a socket takes them, so one is enough). Each queued frame is 1 MiB per
 /// stream in flight: 8 gave 70 MiB peak RSS for four parallel streams in bench/transfer;
@@ -76,7 +80,8 @@ const QUEUED_FRAMES: usize = 1;
 /// Runs `argv` with `feed` writing the command's stdin from a blocking thread (the archive
 /// reader is synchronous file I/O). `feed` returns how many bytes it wrote.
 ///
-/// This speaks the channel protocol itself (stdin frames of [`FRAME`] bytes) over kube's
+/// This speaks the channel protocol itself (stdin frames of `frame` bytes, at most
+/// [`MAX_FRAME`]) over kube's
 /// upgraded websocket, rather than kube's `AttachedProcess`, for throughput. The stdin
 /// side is never closed: commands read a known length (DESIGN.md: v4 has no stdin close),
 /// and the socket stays open until the exit status arrives.
@@ -84,12 +89,13 @@ pub async fn run_with_input<F>(
     api: &Api<Pod>,
     pod: &str,
     argv: Vec<String>,
+    frame: usize,
     feed: F,
 ) -> Result<(Output, io::Result<u64>)>
 where
     F: FnOnce(&mut dyn Write) -> io::Result<u64> + Send + 'static,
 {
-    session(api, pod, argv, Some(feed)).await
+    session(api, pod, argv, Some((frame, feed))).await
 }
 
 /// Opens the exec websocket for `argv` in the helper container.
@@ -127,13 +133,13 @@ async fn connect(
     Ok(connection)
 }
 
-/// One exec session: stdin from `feed` if given (else no stdin channel at all), stdout and
-/// stderr kept, ended by the status message.
+/// One exec session: stdin from `feed` in frames of its size if given (else no stdin
+/// channel at all), stdout and stderr kept, ended by the status message.
 async fn session<F>(
     api: &Api<Pod>,
     pod: &str,
     argv: Vec<String>,
-    feed: Option<F>,
+    feed: Option<(usize, F)>,
 ) -> Result<(Output, io::Result<u64>)>
 where
     F: FnOnce(&mut dyn Write) -> io::Result<u64> + Send + 'static,
@@ -180,10 +186,10 @@ where
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUED_FRAMES);
     // Without input, `tx` drops here and the loop below sees the channel end at once.
     let writer = tokio::task::spawn_blocking(move || {
-        let Some(feed) = feed else {
+        let Some((frame, feed)) = feed else {
             return Ok(0);
         };
-        let mut frames = FrameWriter::new(tx);
+        let mut frames = FrameWriter::new(tx, frame);
         feed(&mut frames).and_then(|n| frames.flush().map(|_| n))
     });
 
@@ -409,23 +415,28 @@ fn keep(buffer: &mut Vec<u8>, data: &[u8]) {
     buffer.extend_from_slice(&data[..data.len().min(room)]);
 }
 
-/// A `Write` that cuts its input into stdin frames (`[0, data…]`) of up to [`FRAME`]
-/// bytes and hands them to the socket task; blocking, for the archive reader's thread.
+/// A `Write` that cuts its input into stdin frames (`[0, data…]`) of up to its size (at
+/// most [`MAX_FRAME`]) and hands them to the socket task; blocking, for the archive
+/// reader's thread.
 struct FrameWriter {
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
     frame: Vec<u8>,
+    /// Stdin bytes per frame.
+    size: usize,
 }
 
 impl FrameWriter {
-    fn new(tx: tokio::sync::mpsc::Sender<Vec<u8>>) -> Self {
+    fn new(tx: tokio::sync::mpsc::Sender<Vec<u8>>, size: usize) -> Self {
+        let size = size.clamp(1, MAX_FRAME);
         FrameWriter {
             tx,
-            frame: Self::empty(),
+            frame: Self::empty(size),
+            size,
         }
     }
 
-    fn empty() -> Vec<u8> {
-        let mut frame = Vec::with_capacity(FRAME + 1);
+    fn empty(size: usize) -> Vec<u8> {
+        let mut frame = Vec::with_capacity(size + 1);
         frame.push(0); // the stdin channel
         frame
     }
@@ -434,7 +445,7 @@ impl FrameWriter {
         if self.frame.len() <= 1 {
             return Ok(());
         }
-        let frame = std::mem::replace(&mut self.frame, Self::empty());
+        let frame = std::mem::replace(&mut self.frame, Self::empty(self.size));
         self.tx.blocking_send(frame).map_err(|_| {
             io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -446,10 +457,10 @@ impl FrameWriter {
 
 impl Write for FrameWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let room = FRAME + 1 - self.frame.len();
+        let room = self.size + 1 - self.frame.len();
         let n = buf.len().min(room);
         self.frame.extend_from_slice(&buf[..n]);
-        if self.frame.len() == FRAME + 1 {
+        if self.frame.len() == self.size + 1 {
             self.send()?;
         }
         Ok(n)
@@ -489,25 +500,28 @@ mod tests {
 
     #[test]
     fn frames_carry_the_stdin_channel_and_split_at_frame_size() {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-        let mut w = FrameWriter::new(tx);
-        let data = vec![7u8; FRAME + 10];
-        w.write_all(&data).unwrap();
-        w.flush().unwrap();
-        drop(w);
-        let first = rx.blocking_recv().unwrap();
-        let second = rx.blocking_recv().unwrap();
-        assert!(rx.blocking_recv().is_none());
-        assert_eq!((first[0], first.len()), (0, FRAME + 1));
-        assert_eq!((second[0], second.len()), (0, 11));
+        // The size asked for, and one the writer must cap.
+        for (asked, size) in [(256 * 1024, 256 * 1024), (4 * MAX_FRAME, MAX_FRAME)] {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+            let mut w = FrameWriter::new(tx, asked);
+            let data = vec![7u8; size + 10];
+            w.write_all(&data).unwrap();
+            w.flush().unwrap();
+            drop(w);
+            let first = rx.blocking_recv().unwrap();
+            let second = rx.blocking_recv().unwrap();
+            assert!(rx.blocking_recv().is_none());
+            assert_eq!((first[0], first.len()), (0, size + 1));
+            assert_eq!((second[0], second.len()), (0, 11));
+        }
     }
 
     #[test]
     fn a_closed_socket_is_a_broken_pipe_for_the_writer() {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         drop(rx);
-        let mut w = FrameWriter::new(tx);
-        let err = w.write_all(&vec![1u8; FRAME * 2]).unwrap_err();
+        let mut w = FrameWriter::new(tx, MAX_FRAME);
+        let err = w.write_all(&vec![1u8; MAX_FRAME * 2]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
     }
 
