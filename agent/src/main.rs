@@ -12,6 +12,8 @@ mod ocidir;
 mod pause;
 mod run;
 mod stream;
+#[cfg(test)]
+mod testutil;
 
 use std::io::Write;
 use std::process::ExitCode;

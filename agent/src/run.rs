@@ -356,7 +356,7 @@ fn staged(
     input: &mut Stream,
 ) -> Result<i32, String> {
     let path = host::absolute(dir)?;
-    let mut ahead = Ahead::start()?;
+    let mut ahead = Ahead::default();
     let received = if parts.is_empty() {
         ocidir::receive(&mut *input, bytes, path)
     } else {
@@ -401,7 +401,9 @@ fn staged(
 /// The parts' own commands, one part's after another on a thread of their own, while the
 /// stream goes on arriving. They are a head start for the run's commands (which import
 /// the whole image either way), so a failure is told and stops the rest of them, never
-/// the run.
+/// the run. The thread starts with the first part that has commands: a stream without
+/// any (every runtime but CRI-O, and `--pipeline off`) costs none.
+#[derive(Default)]
 struct Ahead {
     queue: Option<std::sync::mpsc::Sender<Vec<Command>>>,
     worker: Option<std::thread::JoinHandle<()>>,
@@ -410,35 +412,37 @@ struct Ahead {
 }
 
 impl Ahead {
-    fn start() -> Result<Self, String> {
-        let (queue, parts) = std::sync::mpsc::channel::<Vec<Command>>();
-        let abandon = Arc::new(AtomicBool::new(false));
-        let stop = abandon.clone();
-        let worker = host::thread()
-            .spawn(move || {
-                for commands in parts {
-                    if stop.load(Ordering::SeqCst) {
-                        continue;
-                    }
-                    let failed = match sequence(&commands) {
-                        Ok(0) => continue,
-                        Ok(code) => format!("{} exited {code}", commands[0].argv[0]),
-                        Err(e) => e,
-                    };
-                    eprintln!(
-                        "sideload-agent: importing a part ahead failed ({failed}); the \
-                         import of the whole image does it"
-                    );
-                    stop.store(true, Ordering::SeqCst);
-                }
-            })
-            .map_err(|e| format!("cannot start the parts' import thread: {e}"))?;
-        Ok(Ahead {
-            queue: Some(queue),
-            worker: Some(worker),
-            abandon,
-            views: Vec::new(),
-        })
+    /// The worker's queue, the worker started on first use.
+    fn sender(&mut self) -> Result<&std::sync::mpsc::Sender<Vec<Command>>, String> {
+        let queue = match self.queue.take() {
+            Some(queue) => queue,
+            None => {
+                let (queue, parts) = std::sync::mpsc::channel::<Vec<Command>>();
+                let stop = self.abandon.clone();
+                let worker = host::thread()
+                    .spawn(move || {
+                        for commands in parts {
+                            if stop.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            let failed = match sequence(&commands) {
+                                Ok(0) => continue,
+                                Ok(code) => format!("{} exited {code}", commands[0].argv[0]),
+                                Err(e) => e,
+                            };
+                            eprintln!(
+                                "sideload-agent: importing a part ahead failed ({failed}); the \
+                                 import of the whole image does it"
+                            );
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                    })
+                    .map_err(|e| format!("cannot start the parts' import thread: {e}"))?;
+                self.worker = Some(worker);
+                queue
+            }
+        };
+        Ok(self.queue.insert(queue))
     }
 
     /// Gives the part just staged in `dir` a layout of its own at `view` and queues its
@@ -450,17 +454,15 @@ impl Ahead {
         let made = host::absolute(view)
             .map_err(ocidir::Error::Bad)
             .and_then(|v| ocidir::view(dir, v).map(|()| v.to_path_buf()));
-        match made {
-            Ok(v) => {
-                self.views.push(v);
-                if let Some(queue) = &self.queue {
-                    let _ = queue.send(commands.to_vec());
-                }
-            }
-            Err(e) => {
-                eprintln!("sideload-agent: no head start for this part: {e:?}");
-                self.abandon.store(true, Ordering::SeqCst);
-            }
+        let queued = made.map_err(|e| format!("{e:?}")).and_then(|v| {
+            self.views.push(v);
+            let queue = self.sender()?;
+            let _ = queue.send(commands.to_vec());
+            Ok(())
+        });
+        if let Err(e) = queued {
+            eprintln!("sideload-agent: no head start for this part: {e}");
+            self.abandon.store(true, Ordering::SeqCst);
         }
     }
 
@@ -496,8 +498,7 @@ mod tests {
     fn part(fill: u8, len: usize) -> (Vec<u8>, Part) {
         let index = format!("{{\"part\":{fill}}}");
         let blob = vec![fill; len];
-        let mut b = tar::Builder::new(Vec::new());
-        for (path, data) in [
+        let tar = crate::testutil::tar_of(&[
             (
                 "oci-layout".to_string(),
                 &br#"{"imageLayoutVersion":"1.0.0"}"#[..],
@@ -507,14 +508,7 @@ mod tests {
                 format!("blobs/sha256/{}", hex::encode(Sha256::digest(&blob))),
                 &blob[..],
             ),
-        ] {
-            let mut h = tar::Header::new_ustar();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, path, data).unwrap();
-        }
-        let tar = b.into_inner().unwrap();
+        ]);
         let part = Part {
             bytes: tar.len() as u64,
             index_digest: hex::encode(Sha256::digest(index.as_bytes())),

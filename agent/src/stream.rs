@@ -596,18 +596,7 @@ impl Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (path, data) in entries {
-            let mut h = tar::Header::new_ustar();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, path, *data).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
+    use crate::testutil::tar_of;
 
     fn feed_in_pieces(check: &mut Check, data: &[u8], piece: usize) -> Result<(), String> {
         data.chunks(piece).try_for_each(|c| check.feed(c))
@@ -640,7 +629,7 @@ mod tests {
     fn a_blob_that_does_not_hash_to_its_name_is_caught_before_its_last_byte_goes_on() {
         let blob = b"layer bytes";
         let name = format!("blobs/sha256/{}", hex::encode(Sha256::digest(blob)));
-        let tar = tar_of(&[(&name, b"layer bytez"), ("index.json", b"{}")]);
+        let tar = tar_of(&[(name.as_str(), b"layer bytez"), ("index.json", b"{}")]);
         for piece in [1, 512, 100_000] {
             let mut check = Check::new(None);
             let err = feed_in_pieces(&mut check, &tar, piece).unwrap_err();

@@ -34,6 +34,9 @@ const STAGING_DIR: &str = "/var/tmp/sideload-oci";
 /// The storage.conf skopeo reads (CONTAINERS_STORAGE_CONF): CRI-O's storage, exactly.
 const STORAGE_CONF_STAGED: &str = "/var/tmp/sideload-storage.conf";
 const IMPORT_TIMEOUT_SECS: u64 = 3600;
+/// Removing a prefix image deletes a name and a manifest; its layers stay (the image holds
+/// them). A delete that takes longer is stuck (storage locked), and holds the helper.
+const REMOVE_TIMEOUT_SECS: u64 = 60;
 
 /// CRI-O, before the node was looked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,10 +357,10 @@ struct StoredLayer {
 impl Located {
     /// skopeo on CRI-O's storage exactly (its storage.conf, staged beside), its temporary
     /// files in the helper's scratch volume.
-    fn skopeo(&self, args: Vec<String>) -> Command {
+    fn skopeo(&self, args: Vec<String>, timeout_secs: u64) -> Command {
         let mut argv = vec![self.skopeo.clone(), "--insecure-policy".into()];
         argv.extend(args);
-        let mut c = Command::new(argv).timeout(IMPORT_TIMEOUT_SECS);
+        let mut c = Command::new(argv).timeout(timeout_secs);
         c.env.insert("TMPDIR".into(), STAGING_PARENT.into());
         c.env
             .insert("CONTAINERS_STORAGE_CONF".into(), STORAGE_CONF_STAGED.into());
@@ -384,7 +387,7 @@ impl Located {
             format!("oci:{layout}"),
             self.storage.reference(name),
         ]);
-        self.skopeo(args)
+        self.skopeo(args, IMPORT_TIMEOUT_SECS)
     }
 }
 
@@ -544,7 +547,10 @@ impl super::Located for Located {
     fn remove_partial(&self, _staged: &str, prefixes: &[Prefix]) -> Vec<Command> {
         prefixes
             .iter()
-            .map(|p| self.skopeo(vec!["delete".into(), self.storage.reference(&p.name)]))
+            .map(|p| {
+                let delete = vec!["delete".into(), self.storage.reference(&p.name)];
+                self.skopeo(delete, REMOVE_TIMEOUT_SECS)
+            })
             .collect()
     }
 
@@ -769,6 +775,17 @@ mod tests {
                     format!("{storage}sideload.invalid/partial:r9-{}", k + 1)
                 ])
                 .collect::<Vec<_>>()
+        );
+        // A delete is bounded like a removal, not like an import.
+        assert!(
+            run.finally
+                .iter()
+                .all(|c| c.timeout_secs == Some(REMOVE_TIMEOUT_SECS))
+        );
+        assert!(
+            run.parts[..2]
+                .iter()
+                .all(|p| p.commands[0].timeout_secs == Some(IMPORT_TIMEOUT_SECS))
         );
     }
 
