@@ -140,9 +140,9 @@ pub struct LoadArgs {
     #[arg(long, value_enum, value_name = "auto|none", default_value = "auto")]
     pub compress: Compress,
 
-    /// Import while the image arrives (`auto`: on containerd and CRI-O nodes the stream is
-    /// cut into one part per layer, each unpacked as soon as it is in), or only once all of
-    /// it has arrived (`off`)
+    /// Import while the image arrives (`auto`: on containerd, CRI-O and Docker Engine nodes
+    /// the stream is cut into one part per layer, each unpacked as soon as it is in), or only
+    /// once all of it has arrived (`off`)
     #[arg(long, value_enum, value_name = "auto|off", default_value = "auto")]
     pub pipeline: Pipeline,
 

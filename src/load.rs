@@ -736,12 +736,16 @@ async fn move_bytes(
     ready: &[Ready<'_>],
 ) -> Vec<Moved> {
     // Nodes that need the very same stream: the same platform image (streams name it by
-    // the run's staging name, whatever the runtime), with or without Docker's manifest.json.
-    let mut groups: BTreeMap<(String, bool), Vec<usize>> = BTreeMap::new();
+    // the run's staging name, whatever the runtime), with or without Docker's manifest.json,
+    // and for Docker cut into parts or not (an engine on the containerd image store needs
+    // every blob in one load; the other runtimes all take a cut stream).
+    let mut groups: BTreeMap<(String, bool, bool), Vec<usize>> = BTreeMap::new();
     for (k, r) in ready.iter().enumerate() {
+        let docker = r.helper.located.reads_docker_manifest();
         let key = (
             r.wanted.manifest.clone(),
-            r.helper.located.reads_docker_manifest(),
+            docker,
+            docker && r.helper.located.imports_in_parts(),
         );
         groups.entry(key).or_default().push(k);
     }

@@ -72,11 +72,15 @@ impl Transfer {
     ) -> Result<Self> {
         let staged = staging_name(run_id);
         let names = std::slice::from_ref(&staged);
+        // `docker load` opens a layer by its place in the image, so a layer the image has
+        // twice would be looked for in a part that does not carry it (the cut sends it
+        // once): such an image goes whole.
+        let cut = cut && !(docker_load && repeats_a_layer(&image));
         let mut plan = archive.stream_plan(
             &image,
             &skip,
             names,
-            (cut && !docker_load).then_some((PARTIAL_REPOSITORY, run_id)),
+            cut.then_some((PARTIAL_REPOSITORY, run_id)),
         )?;
         if docker_load {
             plan = plan.with_docker_manifest(&image, names)?;
@@ -141,6 +145,7 @@ impl Transfer {
                 .map(|(k, p)| Part {
                     bytes: p.len,
                     index_digest: p.index_sha256.clone(),
+                    manifest_digest: p.manifest_sha256.clone(),
                     commands: match (&staging, &p.prefix) {
                         (Some(dir), Some(prefix)) => {
                             located.import_part(wanted, &protocol::part_view(dir, k), &prefix.name)
@@ -210,6 +215,12 @@ impl Transfer {
         }
         Ok(written)
     }
+}
+
+/// Whether `image` lists one layer blob more than once.
+fn repeats_a_layer(image: &PlatformImage) -> bool {
+    let mut seen = HashSet::new();
+    !image.layers.iter().all(|l| seen.insert(&l.digest))
 }
 
 /// The size of one stream's buffers (the framer's chunk, the exec's websocket frames) when
@@ -503,6 +514,35 @@ mod tests {
         let index = String::from_utf8(index).unwrap();
         assert!(index.contains(&staging_name("r1")), "{index}");
         assert!(!index.contains("app:v1"), "{index}");
+    }
+
+    /// A Docker Engine stream is cut like any other, each part announced with its own
+    /// `manifest.json`; an image that lists one layer twice goes whole.
+    #[test]
+    fn a_docker_stream_is_cut_unless_the_image_repeats_a_layer() {
+        let img = TestImage::new(7, "linux/amd64", 3, 4096);
+        let (_dir, path) = write_temp(&docker_archive(&img, &["app:v1"]).tar());
+        let archive = Arc::new(Archive::open(&Source::Path(path)).unwrap());
+        let image = archive.summary().images[0].clone();
+        let t = Transfer::new(archive, image.clone(), HashSet::new(), "r3", true, true).unwrap();
+        assert_eq!(t.parts(), 3);
+        let digests: Vec<_> = t
+            .plan
+            .parts()
+            .iter()
+            .map(|p| {
+                p.manifest_sha256
+                    .clone()
+                    .expect("every part names its image")
+            })
+            .collect();
+        assert_eq!(digests.len(), 3);
+        assert!(digests[0] != digests[1] && digests[1] != digests[2]);
+        assert_eq!(t.manifest_sha256(), Some(digests[2].as_str()));
+        assert!(!repeats_a_layer(&image));
+        let mut twice = image;
+        twice.layers.push(twice.layers[0].clone());
+        assert!(repeats_a_layer(&twice));
     }
 
     /// The relay plan for 100 and 1,000 nodes (issue 10): the client uploads once whatever

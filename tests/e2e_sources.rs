@@ -897,3 +897,137 @@ async fn a_docker_engine_node_loads_verifies_shows_and_removes_the_image() {
     assert_eq!(row["bytes_sent"], 0, "{row}");
     no_helpers_left(&client, &namespace).await;
 }
+
+/// Import while streaming on Docker Engine (issue 10): the stream is cut into one
+/// `docker load` per layer, so while the last layer is still on its way the engine already
+/// holds the prefix images of the layers below it, and not yet the image. The image it
+/// ends with is the one a plain `docker load` of the whole stream gives (same ID, same
+/// diff_ids), and no prefix name is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_docker_engine_node_imports_each_layer_while_the_next_arrives() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let namespace = TestNamespace::new(&client, "sl-dkpipe").await;
+    let ns = namespace.name.clone();
+    let dockerd = Dockerd::start_on(Some("node-b"));
+    let endpoint = dockerd.endpoint();
+    let on_docker = [
+        "--nodes",
+        "node-b",
+        "--runtime",
+        "docker",
+        "--runtime-endpoint",
+        endpoint.as_str(),
+        "-o",
+        "json",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("sideload.test/dkahead:{}", unique("v"));
+    let tar = dir.path().join("dkahead.tar");
+    make_image(&reference, &tar, &["--layers", "3", "--layer-mib", "8"]);
+    let inspect = || -> String {
+        let out = dockerd.docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{.Id}} {{json .RootFS.Layers}}",
+            &reference,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let partial_names = || -> Vec<String> {
+        let out = dockerd.docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|n| n.starts_with("sideload.invalid/"))
+            .map(str::to_string)
+            .collect()
+    };
+
+    // First as one `docker load` of the whole stream.
+    let mut args = vec![tar.to_str().unwrap(), "--pipeline", "off"];
+    args.extend(on_docker);
+    let out = dockerd.sideload(&ns, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_out(&out);
+    assert_eq!(node_row(&report, "node-b")["import_parts"], 1, "{report}");
+    let plain = inspect();
+    let out = dockerd.docker(&["rmi", &reference]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(dockerd.image_id(&reference), None);
+
+    // Then pipelined, held inside the last layer.
+    let paused = dir.path().join("paused");
+    let mut cmd = plugin();
+    cmd.arg("--kubeconfig")
+        .arg(admin_kubeconfig())
+        .arg(&tar)
+        .args(on_docker)
+        .args([
+            "--relay",
+            "off",
+            "--compress",
+            "none",
+            "--helper-namespace",
+            &ns,
+        ])
+        // Past /app and the first two layers (8 MiB each, random), inside the third.
+        .env("SIDELOAD_E2E_PAUSE_AT_BYTE", (20u64 << 20).to_string())
+        .env("SIDELOAD_E2E_PAUSE_FILE", &paused)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let held = eventually("the stream to be held", Duration::from_secs(120), || {
+        if child.try_wait().unwrap().is_some() {
+            return Some(false);
+        }
+        paused.exists().then_some(true)
+    });
+    assert!(held, "the run ended before the stream was held");
+    let ahead = eventually(
+        "the parts before the last to be loaded",
+        Duration::from_secs(60),
+        || {
+            let ours: Vec<_> = partial_names()
+                .into_iter()
+                .filter(|n| n.ends_with("-1") || n.ends_with("-2"))
+                .collect();
+            (ours.len() >= 2).then_some(ours)
+        },
+    );
+    assert_eq!(
+        dockerd.image_id(&reference),
+        None,
+        "the image itself is not there before its last layer"
+    );
+    std::fs::remove_file(&paused).unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json_out(&out);
+    let run = report["run"].as_str().unwrap();
+    let row = node_row(&report, "node-b");
+    assert_eq!(row["status"], "loaded", "{row}");
+    // make-image's /app layer and the three 8 MiB layers: one load each.
+    assert_eq!(row["import_parts"], 4, "{row}");
+    let ours = format!("sideload.invalid/partial:{run}-");
+    assert_eq!(
+        ahead.iter().filter(|n| n.starts_with(&ours)).count(),
+        2,
+        "this run's prefix images were there mid-stream: {ahead:?}"
+    );
+    let left = partial_names();
+    assert!(left.is_empty(), "names left: {left:?}");
+    let pipelined = inspect();
+    assert_eq!(
+        pipelined, plain,
+        "the pipelined load gives the plain load's image"
+    );
+    assert!(
+        plain.starts_with(&config_of(&tar)),
+        "{plain} is the archive's image"
+    );
+    no_helpers_left(&client, &namespace).await;
+}

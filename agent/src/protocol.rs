@@ -263,6 +263,11 @@ pub struct Part {
     pub bytes: u64,
     /// sha256 (hex) of the part's `index.json`.
     pub index_digest: String,
+    /// sha256 (hex) of the part's docker-archive `manifest.json`, where the stream carries
+    /// one ([`Run::manifest_digest`]): each part of a Docker Engine stream names its own
+    /// (prefix) image there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<String>,
     /// With [`Stdin::OciDir`]: run, in order, once this part is staged, while the parts
     /// after it arrive; they read the part's own layout at [`part_view`] (its `index.json`
     /// beside the staging directory's blobs). Each part's commands start once the part
@@ -370,6 +375,7 @@ mod tests {
             parts: vec![Part {
                 bytes: 42,
                 index_digest: "1".repeat(64),
+                manifest_digest: Some("2".repeat(64)),
                 commands: vec![Command::new(["/usr/bin/skopeo", "copy"])],
             }],
             finally: vec![Command::new(["/usr/bin/ctr", "images", "rm", "x"])],

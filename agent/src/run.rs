@@ -239,7 +239,7 @@ fn pipeline(command: &Command, parts: &[Part], input: &mut Stream) -> Result<i32
         if failed.load(Ordering::SeqCst) {
             break;
         }
-        input.expect_part(&part.index_digest);
+        input.expect_part(part);
         let mut child =
             match host::spawn(command, Stdio::piped(), Stdio::inherit(), Stdio::inherit()) {
                 Ok(child) => child,
@@ -363,7 +363,7 @@ fn staged(
         ocidir::create(path).and_then(|()| {
             let mut before = 0;
             for (k, part) in parts.iter().enumerate() {
-                input.expect_part(&part.index_digest);
+                input.expect_part(part);
                 ocidir::receive_into(&mut *input, part.bytes, path).map_err(|e| match e {
                     ocidir::Error::Short { got } => ocidir::Error::Short { got: before + got },
                     bad => bad,
@@ -496,22 +496,36 @@ mod tests {
 
     /// A part: a tar with an index.json and one blob of `fill` bytes.
     fn part(fill: u8, len: usize) -> (Vec<u8>, Part) {
+        part_with(fill, len, None)
+    }
+
+    /// A part that also carries a docker-archive `manifest.json` of its own.
+    fn docker_part(fill: u8, len: usize) -> (Vec<u8>, Part) {
+        part_with(fill, len, Some(format!("[{{\"Config\":\"c{fill}\"}}]")))
+    }
+
+    fn part_with(fill: u8, len: usize, manifest: Option<String>) -> (Vec<u8>, Part) {
         let index = format!("{{\"part\":{fill}}}");
         let blob = vec![fill; len];
-        let tar = crate::testutil::tar_of(&[
+        let mut members = vec![
             (
                 "oci-layout".to_string(),
                 &br#"{"imageLayoutVersion":"1.0.0"}"#[..],
             ),
             ("index.json".to_string(), index.as_bytes()),
-            (
-                format!("blobs/sha256/{}", hex::encode(Sha256::digest(&blob))),
-                &blob[..],
-            ),
-        ]);
+        ];
+        if let Some(m) = &manifest {
+            members.push(("manifest.json".to_string(), m.as_bytes()));
+        }
+        members.push((
+            format!("blobs/sha256/{}", hex::encode(Sha256::digest(&blob))),
+            &blob[..],
+        ));
+        let tar = crate::testutil::tar_of(&members);
         let part = Part {
             bytes: tar.len() as u64,
             index_digest: hex::encode(Sha256::digest(index.as_bytes())),
+            manifest_digest: manifest.map(|m| hex::encode(Sha256::digest(m.as_bytes()))),
             commands: Vec::new(),
         };
         (tar, part)
@@ -568,6 +582,35 @@ mod tests {
             1,
             "only the first part was imported: {lines}"
         );
+    }
+
+    /// Docker Engine's parts each carry a `manifest.json` naming their own image: each is
+    /// checked against its own part's announced digest, and a foreign one stops the runs.
+    #[test]
+    fn each_docker_part_is_checked_against_its_own_manifest() {
+        let log = log_file();
+        let (a, pa) = docker_part(1, 1000);
+        let (b, pb) = docker_part(2, 1000);
+        let (c, pc) = docker_part(3, 1000);
+        let stream = [a.clone(), b.clone(), c.clone()].concat();
+        let mut command = Command::new(["/bin/sh", "-c", "exec wc -c >> \"$LOG\""]);
+        command.env.insert("LOG".into(), log.display().to_string());
+        let mut input = Stream::of_bytes(stream.clone(), &pa.index_digest);
+        let parts = [pa.clone(), pb.clone(), pc.clone()];
+        assert_eq!(pipeline(&command, &parts, &mut input).unwrap(), 0);
+        let lines = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(lines.lines().count(), 3, "{lines}");
+
+        // Part b announced with part c's manifest: its own does not pass.
+        let log = log_file();
+        command.env.insert("LOG".into(), log.display().to_string());
+        let mut wrong = pb;
+        wrong.manifest_digest = pc.manifest_digest.clone();
+        let mut input = Stream::of_bytes(stream, &pa.index_digest);
+        let err = pipeline(&command, &[pa, wrong, pc], &mut input).unwrap_err();
+        assert!(err.contains("manifest.json"), "{err}");
+        let lines = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(lines.lines().count(), 1, "{lines}");
     }
 
     /// A staged stream's parts run their own commands while the next part arrives, each

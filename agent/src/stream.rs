@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use sideload_agent::protocol::{Relay, RelaySource};
+use sideload_agent::protocol::{self, Relay, RelaySource};
 
 /// How long a relay connection may stay silent, or a peer's queue stay full, before the
 /// other side counts as gone (a deleted pod's connections never close: its network goes,
@@ -184,11 +184,15 @@ impl Stream {
         ))
     }
 
-    /// The next bytes start a new tar (a part of a cut stream) whose `index.json` must
-    /// have this digest. Streams read unchecked stay unchecked.
-    pub fn expect_part(&mut self, index_digest: &str) {
+    /// The next bytes start a new tar (a part of a cut stream) whose `index.json` (and
+    /// `manifest.json`, where it carries one) must have these digests. Streams read
+    /// unchecked stay unchecked.
+    pub fn expect_part(&mut self, part: &protocol::Part) {
         if self.check.is_some() {
-            self.check = Some(Check::new(Some(index_digest.to_string())));
+            self.check = Some(
+                Check::new(Some(part.index_digest.clone()))
+                    .with_manifest(part.manifest_digest.clone()),
+            );
         }
     }
 

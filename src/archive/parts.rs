@@ -57,6 +57,8 @@ pub struct Part {
 pub struct Prefix {
     pub name: String,
     pub config: String,
+    /// How many of the image's layers it has (its bottom ones).
+    pub layers: usize,
 }
 
 /// Config label of every prefix image: its own name.
@@ -109,55 +111,63 @@ impl StreamPlan {
         self.parts.last().and_then(|p| p.manifest_sha256.as_deref())
     }
 
-    /// The stream with a docker-archive `manifest.json` beside its `index.json`, naming
-    /// `image` by `refs`: Docker Engine's `docker load` reads only that file (before Docker
-    /// 25 it knows no `index.json`), and finds the config and layers at their OCI paths.
-    /// It opens every layer whose chain it does not hold, so layers may be left out only
-    /// as a bottom run (the engine holds those by chain: runtime/docker.rs), and one part.
+    /// The stream with a docker-archive `manifest.json` beside each part's `index.json`:
+    /// the last part's names `image` by `refs`, each other part's its prefix image.
+    /// Docker Engine's `docker load` reads only that file (before Docker 25 it knows no
+    /// `index.json`), and finds the config and layers at their OCI paths. It opens every
+    /// layer whose chain it does not hold, so a part may leave layers out only as a bottom
+    /// run: the engine holds those by chain, from the parts loaded before it or from
+    /// earlier images (runtime/docker.rs).
     pub fn with_docker_manifest(
         mut self,
         image: &PlatformImage,
         refs: &[String],
     ) -> Result<StreamPlan, ArchiveError> {
-        let [part] = self.parts.as_mut_slice() else {
-            return Err(ArchiveError::StreamShape(
-                "a docker load stream is one part".into(),
-            ));
-        };
         let layers: Vec<String> = image.layers.iter().map(|l| blob_path(&l.digest)).collect();
-        let carried = |path: &String| part.entries.iter().any(|e| &e.path == path);
-        let bottom = layers.iter().take_while(|p| !carried(p)).count();
-        if let Some(absent) = layers[bottom..].iter().find(|p| !carried(p)) {
-            return Err(ArchiveError::StreamShape(format!(
-                "a docker load stream needs every layer above the ones left out at the \
-                 bottom, and {absent} was left out"
-            )));
+        for part in &mut self.parts {
+            let (config, names, count) = match &part.prefix {
+                Some(prefix) => (
+                    blob_path(&prefix.config),
+                    vec![prefix.name.clone()],
+                    prefix.layers,
+                ),
+                None => (blob_path(&image.config.digest), refs.to_vec(), layers.len()),
+            };
+            let named = &layers[..count];
+            let carried = |path: &String| part.entries.iter().any(|e| &e.path == path);
+            let bottom = named.iter().take_while(|p| !carried(p)).count();
+            if let Some(absent) = named[bottom..].iter().find(|p| !carried(p)) {
+                return Err(ArchiveError::StreamShape(format!(
+                    "a docker load stream needs every layer above the ones left out at the \
+                     bottom, and {absent} was left out"
+                )));
+            }
+            let manifest = serde_json::to_vec(&json!([{
+                "Config": config,
+                "RepoTags": names,
+                "Layers": named,
+            }]))
+            .expect("serialising strings cannot fail");
+            let at = part
+                .entries
+                .iter()
+                .position(|e| e.path == "index.json")
+                .map_or(0, |i| i + 1);
+            part.manifest_sha256 = Some(
+                sha256_digest(&manifest)
+                    .trim_start_matches("sha256:")
+                    .to_string(),
+            );
+            part.entries.insert(
+                at,
+                OutEntry {
+                    path: "manifest.json".to_owned(),
+                    size: manifest.len() as u64,
+                    src: OutSource::Memory(Arc::from(manifest)),
+                },
+            );
+            part.len = tar_len(&part.entries);
         }
-        let manifest = serde_json::to_vec(&json!([{
-            "Config": blob_path(&image.config.digest),
-            "RepoTags": refs,
-            "Layers": layers,
-        }]))
-        .expect("serialising strings cannot fail");
-        let at = part
-            .entries
-            .iter()
-            .position(|e| e.path == "index.json")
-            .map_or(0, |i| i + 1);
-        part.manifest_sha256 = Some(
-            sha256_digest(&manifest)
-                .trim_start_matches("sha256:")
-                .to_string(),
-        );
-        part.entries.insert(
-            at,
-            OutEntry {
-                path: "manifest.json".to_owned(),
-                size: manifest.len() as u64,
-                src: OutSource::Memory(Arc::from(manifest)),
-            },
-        );
-        part.len = tar_len(&part.entries);
         Ok(self)
     }
 }
@@ -317,6 +327,7 @@ impl Archive {
             Some(Prefix {
                 name: name.to_owned(),
                 config: config_digest,
+                layers: i + 1,
             }),
         ))
     }
@@ -503,5 +514,74 @@ mod tests {
         let gap = a.stream_plan(&image, &skip, &staged, None).unwrap();
         let err = gap.with_docker_manifest(&image, &staged).err().unwrap();
         assert!(err.to_string().contains("every layer above"), "{err}");
+    }
+
+    /// A cut Docker stream: each part's `manifest.json` names its own image (a prefix
+    /// image of the layers up to its own, by the prefix's config; the last the image by
+    /// its refs), every layer it names that it does not carry sits below the ones it does
+    /// (held by chain from the parts before), and each is checked by its own digest.
+    #[test]
+    fn a_cut_docker_stream_names_each_parts_own_image_in_its_manifest() {
+        let img = TestImage::new(17, "linux/amd64", 3, 4096);
+        let (_dir, path) = write_temp(&docker_archive(&img, &["app:v1"]).tar());
+        let a = Archive::open(&Source::Path(path)).unwrap();
+        let image = a.summary().images[0].clone();
+        let staged = vec!["sideload.invalid/partial:r2-image".to_string()];
+        let cut = a
+            .stream_plan(
+                &image,
+                &HashSet::new(),
+                &staged,
+                Some(("sideload.invalid/partial", "r2")),
+            )
+            .unwrap();
+        assert_eq!(cut.parts().len(), 3);
+        let plan = cut.with_docker_manifest(&image, &staged).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(a.write_plan(&plan, &mut out).unwrap(), plan.len());
+        let layers: Vec<String> = image.layers.iter().map(|l| blob_path(&l.digest)).collect();
+        for (k, (members, part)) in tars(&out, &plan).iter().zip(plan.parts()).enumerate() {
+            let (_, manifest) = members.iter().find(|(p, _)| p == "manifest.json").unwrap();
+            assert_eq!(
+                sha256_digest(manifest),
+                format!("sha256:{}", part.manifest_sha256.as_deref().unwrap())
+            );
+            let manifest: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+            let named: Vec<&str> = manifest[0]["Layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_str().unwrap())
+                .collect();
+            assert_eq!(
+                named,
+                layers[..=k],
+                "part {k} names the layers up to its own"
+            );
+            // It carries its own layer, none below it, and the config it names.
+            assert!(members.iter().any(|(p, _)| *p == layers[k]), "part {k}");
+            for below in &layers[..k] {
+                assert!(!members.iter().any(|(p, _)| p == below), "part {k}");
+            }
+            let config = manifest[0]["Config"].as_str().unwrap();
+            assert!(members.iter().any(|(p, _)| p == config), "part {k}");
+            let tags = &manifest[0]["RepoTags"];
+            match &part.prefix {
+                Some(prefix) => {
+                    assert_eq!(tags, &serde_json::json!([prefix.name]));
+                    assert_eq!(config, blob_path(&prefix.config));
+                    assert_eq!(prefix.layers, k + 1);
+                }
+                None => {
+                    assert_eq!(k, 2, "only the last part names the image");
+                    assert_eq!(tags, &serde_json::json!(staged));
+                    assert_eq!(config, blob_path(&image.config.digest));
+                }
+            }
+        }
+        assert_eq!(
+            plan.manifest_sha256(),
+            plan.parts()[2].manifest_sha256.as_deref()
+        );
     }
 }

@@ -19,6 +19,14 @@
 //! Engines on the containerd image store (`driver-type io.containerd.snapshotter.v1`)
 //! load through containerd, which needs every blob: they get every layer.
 //!
+//! Import while streaming: the same rule lets a stream be cut into parts, one per layer
+//! (archive/parts.rs), each a `docker load` of its own whose `manifest.json` names a prefix
+//! image of the layers up to its own. The engine unpacks the layers of part k while part
+//! k+1 arrives (the agent's pipeline); part k+1 names the layers below its own but does not
+//! carry them, and `docker load` finds their chain held. The prefix images are removed
+//! by name afterwards; their layers stay, held by the image. Only on engines that keep
+//! their own layer store (the same condition as layer reuse).
+//!
 //! Proven against a real dockerd (Debian's docker.io 20.10) run in a test node's
 //! namespaces, selected with `--runtime docker`; not through cri-dockerd, whose Go module
 //! this machine cannot fetch.
@@ -30,6 +38,7 @@ use sideload_agent::protocol::{Answer, Command, CommandResult, Query, Run};
 
 use super::cri::CriImage;
 use super::{Inventory, Version, Wanted, candidate_sockets, first_executable, first_socket};
+use crate::archive::Prefix;
 use crate::cluster::helper::Needs;
 
 /// Where Docker Engine's socket is by default (`--runtime-endpoint` goes first).
@@ -268,6 +277,20 @@ impl super::Located for Located {
 
     fn reads_docker_manifest(&self) -> bool {
         true
+    }
+
+    /// One `docker load` per part, where the engine holds layers by chain (see above).
+    fn imports_in_parts(&self) -> bool {
+        self.reuse
+    }
+
+    /// `docker rmi STAGED PREFIX…`: each prefix image has only its own name (its config
+    /// carries that name as a label, so its ID is this run's alone) and goes with it;
+    /// the staged name of the image only loses that name.
+    fn remove_partial(&self, staged: &str, prefixes: &[Prefix]) -> Vec<Command> {
+        let mut names = vec![staged.to_string()];
+        names.extend(prefixes.iter().map(|p| p.name.clone()));
+        self.remove_images(&names).into_iter().collect()
     }
 
     /// `docker tag STAGED REF` per ref: the refs point at the image only once it is whole.
@@ -583,6 +606,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!(l.inventory_query(&w).commands.len(), 1);
+        // ... and no stream cut into parts: a load through containerd needs every blob.
+        assert!(!l.imports_in_parts());
         let overlay = Answer {
             results: vec![
                 result(0, "20.10.24\n", ""),
@@ -593,6 +618,28 @@ mod tests {
         l.configure(&overlay).unwrap();
         let q = l.inventory_query(&w);
         assert_eq!(q.commands.len(), 2);
+        // Its own layer store: one `docker load` per part, the prefix images removed by
+        // their names (never by an ID another image could have).
+        assert!(l.imports_in_parts());
+        let prefixes: Vec<Prefix> = (1..=2)
+            .map(|k| Prefix {
+                name: format!("sideload.invalid/partial:r5-{k}"),
+                config: format!("sha256:{}", "f".repeat(64)),
+                layers: k,
+            })
+            .collect();
+        let [rmi] = &l.remove_partial("sideload.invalid/partial:r5-image", &prefixes)[..] else {
+            panic!("one docker rmi")
+        };
+        assert_eq!(
+            rmi.argv[3..],
+            [
+                "rmi",
+                "sideload.invalid/partial:r5-image",
+                "sideload.invalid/partial:r5-1",
+                "sideload.invalid/partial:r5-2"
+            ]
+        );
         // vfs says null: its own store too.
         let vfs = Answer {
             results: vec![result(0, "20.10.24\n", ""), result(0, "null\n", "")],
