@@ -96,6 +96,16 @@ impl Dockerd {
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// The plugin's staging names (`sideload.invalid/…`) the engine holds.
+    fn staging_names(&self) -> Vec<String> {
+        let out = self.docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|n| n.starts_with("sideload.invalid/"))
+            .map(str::to_string)
+            .collect()
+    }
+
     fn docker(&self, args: &[&str]) -> Output {
         Command::new("docker")
             .env("DOCKER_HOST", self.host())
@@ -121,6 +131,24 @@ impl Drop for Dockerd {
             eprintln!("dockerd log:\n{}", log.unwrap_or_default());
         }
     }
+}
+
+/// A dockerd in node-b's namespaces, and the plugin's arguments that load node-b through
+/// it (JSON report).
+fn docker_on_node_b() -> (Dockerd, Vec<String>) {
+    let dockerd = Dockerd::start_on(Some("node-b"));
+    let args = [
+        "--nodes",
+        "node-b",
+        "--runtime",
+        "docker",
+        "--runtime-endpoint",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .chain([dockerd.endpoint(), "-o".into(), "json".into()])
+    .collect();
+    (dockerd, args)
 }
 
 /// The plugin as admin with `var` set (the engine it reads `docker://`/`podman://` from),
@@ -909,18 +937,8 @@ async fn a_docker_engine_node_imports_each_layer_while_the_next_arrives() {
     let client = admin_client().await;
     let namespace = TestNamespace::new(&client, "sl-dkpipe").await;
     let ns = namespace.name.clone();
-    let dockerd = Dockerd::start_on(Some("node-b"));
-    let endpoint = dockerd.endpoint();
-    let on_docker = [
-        "--nodes",
-        "node-b",
-        "--runtime",
-        "docker",
-        "--runtime-endpoint",
-        endpoint.as_str(),
-        "-o",
-        "json",
-    ];
+    let (dockerd, on_docker) = docker_on_node_b();
+    let on_docker: Vec<&str> = on_docker.iter().map(String::as_str).collect();
     let dir = tempfile::tempdir().unwrap();
     let reference = format!("sideload.test/dkahead:{}", unique("v"));
     let tar = dir.path().join("dkahead.tar");
@@ -936,18 +954,10 @@ async fn a_docker_engine_node_imports_each_layer_while_the_next_arrives() {
         assert!(out.status.success(), "{}", stderr(&out));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let partial_names = || -> Vec<String> {
-        let out = dockerd.docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|n| n.starts_with("sideload.invalid/"))
-            .map(str::to_string)
-            .collect()
-    };
 
     // First as one `docker load` of the whole stream.
     let mut args = vec![tar.to_str().unwrap(), "--pipeline", "off"];
-    args.extend(on_docker);
+    args.extend(&on_docker);
     let out = dockerd.sideload(&ns, &args);
     assert!(out.status.success(), "{}", stderr(&out));
     let report = json_out(&out);
@@ -958,12 +968,11 @@ async fn a_docker_engine_node_imports_each_layer_while_the_next_arrives() {
     assert_eq!(dockerd.image_id(&reference), None);
 
     // Then pipelined, held inside the last layer.
-    let paused = dir.path().join("paused");
     let mut cmd = plugin();
     cmd.arg("--kubeconfig")
         .arg(admin_kubeconfig())
         .arg(&tar)
-        .args(on_docker)
+        .args(&on_docker)
         .args([
             "--relay",
             "off",
@@ -971,25 +980,15 @@ async fn a_docker_engine_node_imports_each_layer_while_the_next_arrives() {
             "none",
             "--helper-namespace",
             &ns,
-        ])
-        // Past /app and the first two layers (8 MiB each, random), inside the third.
-        .env("SIDELOAD_E2E_PAUSE_AT_BYTE", (20u64 << 20).to_string())
-        .env("SIDELOAD_E2E_PAUSE_FILE", &paused)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let held = eventually("the stream to be held", Duration::from_secs(120), || {
-        if child.try_wait().unwrap().is_some() {
-            return Some(false);
-        }
-        paused.exists().then_some(true)
-    });
-    assert!(held, "the run ended before the stream was held");
+        ]);
+    // Past /app and the first two layers (8 MiB each, random), inside the third.
+    let held = Held::start(cmd, 20 << 20);
     let ahead = eventually(
         "the parts before the last to be loaded",
         Duration::from_secs(60),
         || {
-            let ours: Vec<_> = partial_names()
+            let ours: Vec<_> = dockerd
+                .staging_names()
                 .into_iter()
                 .filter(|n| n.ends_with("-1") || n.ends_with("-2"))
                 .collect();
@@ -1001,10 +1000,7 @@ async fn a_docker_engine_node_imports_each_layer_while_the_next_arrives() {
         None,
         "the image itself is not there before its last layer"
     );
-    std::fs::remove_file(&paused).unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = held.release().await;
     assert!(out.status.success(), "{}", stderr(&out));
     let report = json_out(&out);
     let run = report["run"].as_str().unwrap();
@@ -1018,7 +1014,7 @@ async fn a_docker_engine_node_imports_each_layer_while_the_next_arrives() {
         2,
         "this run's prefix images were there mid-stream: {ahead:?}"
     );
-    let left = partial_names();
+    let left = dockerd.staging_names();
     assert!(left.is_empty(), "names left: {left:?}");
     let pipelined = inspect();
     assert_eq!(
@@ -1030,4 +1026,61 @@ async fn a_docker_engine_node_imports_each_layer_while_the_next_arrives() {
         "{plain} is the archive's image"
     );
     no_helpers_left(&client, &namespace).await;
+}
+
+/// A hostile middlebox (or a bad link) between the plugin and a Docker Engine node: one
+/// byte of the last layer flipped on the wire, after the parts below it were loaded. The
+/// agent's digest check stops the stream before `docker load` reads that layer whole: the
+/// node fails saying so, the engine holds neither the image nor any staging name, and no
+/// helper is left. The same run over a clean link then loads it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_docker_engine_node_refuses_a_layer_corrupted_on_the_wire() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let namespace = TestNamespace::new(&client, "sl-dkflip").await;
+    let ns = namespace.name.clone();
+    let (dockerd, on_docker) = docker_on_node_b();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("sideload.test/dkflip:{}", unique("v"));
+    let tar = dir.path().join("dkflip.tar");
+    make_image(&reference, &tar, &["--layers", "3", "--layer-mib", "2"]);
+    let size = std::fs::metadata(&tar).unwrap().len();
+    let mut args = vec![tar.to_str().unwrap(), "--relay", "off"];
+    args.extend(on_docker.iter().map(String::as_str));
+
+    // Random layers travel as raw frames: the byte lands in the last layer's data.
+    let mut cmd = plugin();
+    cmd.env("DOCKER_HOST", dockerd.host())
+        .args(["--helper-namespace", &ns, "--kubeconfig"])
+        .arg(admin_kubeconfig())
+        .args(&args)
+        .env("SIDELOAD_E2E_FLIP_WIRE_BYTE", (size * 5 / 6).to_string());
+    let out = run(cmd);
+    eprintln!("stderr:\n{}", stderr(&out));
+    assert!(
+        !out.status.success(),
+        "a corrupted stream must fail the run"
+    );
+    let report = json_out(&out);
+    let row = node_row(&report, "node-b");
+    assert_eq!(row["status"], "failed", "{row}");
+    assert!(
+        row["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("corrupted in transit") && !e.contains("cleaning up")),
+        "the node says why, and only that (its staging names went quietly): {row}"
+    );
+    assert_eq!(dockerd.image_id(&reference), None, "the corrupted image");
+    let left = dockerd.staging_names();
+    assert!(left.is_empty(), "staging names left: {left:?}");
+    no_helpers_left(&client, &namespace).await;
+
+    let out = dockerd.sideload(&ns, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        dockerd
+            .image_id(&reference)
+            .is_some_and(|id| id == config_of(&tar)),
+        "the clean run loads the archive's image"
+    );
 }

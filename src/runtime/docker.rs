@@ -286,11 +286,15 @@ impl super::Located for Located {
 
     /// `docker rmi STAGED PREFIX…`: each prefix image has only its own name (its config
     /// carries that name as a label, so its ID is this run's alone) and goes with it;
-    /// the staged name of the image only loses that name.
+    /// the staged name of the image only loses that name. `--force`: after a failed run
+    /// some names were never made (the staged name comes with the last part), and `docker
+    /// rmi` then exits 1 for them after removing the rest, which would read as a cleanup
+    /// that failed ahead of the real error; forced, a missing name is only a note on stderr.
+    /// It still removes by name, never by an ID.
     fn remove_partial(&self, staged: &str, prefixes: &[Prefix]) -> Vec<Command> {
-        let mut names = vec![staged.to_string()];
-        names.extend(prefixes.iter().map(|p| p.name.clone()));
-        self.remove_images(&names).into_iter().collect()
+        let mut args = vec!["rmi", "--force", staged];
+        args.extend(prefixes.iter().map(|p| p.name.as_str()));
+        vec![self.docker(&args, CALL_TIMEOUT_SECS)]
     }
 
     /// `docker tag STAGED REF` per ref: the refs point at the image only once it is whole.
@@ -635,6 +639,7 @@ mod tests {
             rmi.argv[3..],
             [
                 "rmi",
+                "--force",
                 "sideload.invalid/partial:r5-image",
                 "sideload.invalid/partial:r5-1",
                 "sideload.invalid/partial:r5-2"
