@@ -11,8 +11,7 @@
 mod util;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 use util::*;
 
@@ -39,43 +38,15 @@ async fn load_through(
     extra: &[&str],
     break_it: impl FnOnce(),
 ) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    let paused: PathBuf = dir.path().join("paused");
     let mut cmd = plugin();
     cmd.arg("--kubeconfig")
         .arg(admin_kubeconfig())
         .arg(tar)
         .args(["--nodes", node, "--helper-namespace", ns, "-o", "json"])
-        .args(extra)
-        .env("SIDELOAD_E2E_PAUSE_AT_BYTE", PAUSE_AT.to_string())
-        .env("SIDELOAD_E2E_PAUSE_FILE", &paused)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut held = false;
-    for _ in 0..1200 {
-        if paused.exists() {
-            held = true;
-            break;
-        }
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if !held {
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
-        panic!(
-            "the stream never reached byte {PAUSE_AT}; the plugin said:\n{}",
-            stderr(&out)
-        );
-    }
+        .args(extra);
+    let held = Held::start(cmd, PAUSE_AT);
     break_it();
-    std::fs::remove_file(&paused).unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = held.release().await;
     eprintln!("stderr:\n{}", stderr(&out));
     out
 }

@@ -434,26 +434,14 @@ async fn crio_imports_each_part_while_the_next_arrives_and_ends_with_the_plain_i
     assert!(!node_images(CRIO_NODE).contains(&reference));
 
     // Then pipelined, held in the last layer.
-    let paused = dir.path().join("paused");
     let mut cmd = plugin();
     cmd.arg("--kubeconfig")
         .arg(admin_kubeconfig())
         .arg(&tar)
         .args(["--nodes", CRIO_NODE, "--relay", "off", "--compress", "none"])
-        .args(["-o", "json", "--helper-namespace", &ns])
-        // Past the first two layers (8 MiB each, random), inside the third.
-        .env("SIDELOAD_E2E_PAUSE_AT_BYTE", (20u64 << 20).to_string())
-        .env("SIDELOAD_E2E_PAUSE_FILE", &paused)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let held = eventually("the stream to be held", Duration::from_secs(120), || {
-        if child.try_wait().unwrap().is_some() {
-            return Some(false);
-        }
-        paused.exists().then_some(true)
-    });
-    assert!(held, "the run ended before the stream was held");
+        .args(["-o", "json", "--helper-namespace", &ns]);
+    // Past the first two layers (8 MiB each, random), inside the third.
+    let held = Held::start(cmd, 20 << 20);
     // While the last layer is still on its way, both prefix images are in CRI-O's storage.
     let partial = |images: Vec<String>| -> Vec<String> {
         images
@@ -478,10 +466,7 @@ async fn crio_imports_each_part_while_the_next_arrives_and_ends_with_the_plain_i
         !node_images(CRIO_NODE).contains(&reference),
         "the image itself is not there before its last layer"
     );
-    std::fs::remove_file(&paused).unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = held.release().await;
     assert!(out.status.success(), "{}", stderr(&out));
     let report = json_out(&out);
     let run = report["run"].as_str().unwrap();

@@ -528,3 +528,62 @@ pub fn config_of(tar: &Path) -> String {
         .unwrap()
         .to_string()
 }
+
+/// A plugin run held at one byte of its first stream by the e2e build's pause hook
+/// (`SIDELOAD_E2E_PAUSE_AT_BYTE`), so a test can act at a known point of a transfer.
+/// Dropped unreleased (a failed assertion), the run is killed.
+pub struct Held {
+    child: Option<std::process::Child>,
+    paused: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Held {
+    /// Starts `cmd` (a [`plugin`] command; stdout and stderr are piped) to be held at byte
+    /// `at`, and returns once it is. Panics with the plugin's stderr if the run ended first.
+    pub fn start(mut cmd: Command, at: u64) -> Held {
+        let dir = tempfile::tempdir().unwrap();
+        let paused = dir.path().join("paused");
+        cmd.env("SIDELOAD_E2E_PAUSE_AT_BYTE", at.to_string())
+            .env("SIDELOAD_E2E_PAUSE_FILE", &paused)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let held = eventually("the stream to be held", Duration::from_secs(120), || {
+            if child.try_wait().unwrap().is_some() {
+                return Some(false);
+            }
+            paused.exists().then_some(true)
+        });
+        if !held {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the run ended before its stream reached byte {at}; the plugin said:\n{}",
+                stderr(&out)
+            );
+        }
+        Held {
+            child: Some(child),
+            paused,
+            _dir: dir,
+        }
+    }
+
+    /// Lets the stream go on; the run's output once it has ended.
+    pub async fn release(mut self) -> Output {
+        std::fs::remove_file(&self.paused).unwrap();
+        let child = self.child.take().unwrap();
+        tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
