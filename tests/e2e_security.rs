@@ -1,7 +1,8 @@
 //! End-to-end tests a hostile tenant would write, and the sharp edges around the helper
 //! (issue 8): tenant images never run in the helper, a truncated archive fails fast, a
-//! helper image that is gone is replaced, a half-done import is redone, and the documented
-//! roles are enough. The real plugin binary against the real test cluster.
+//! helper image that is gone is replaced, a half-done import is redone, the documented
+//! roles are enough, and an archive edited after a run is not trusted from the scan cache.
+//! The real plugin binary against the real test cluster.
 
 mod util;
 
@@ -667,5 +668,74 @@ async fn each_documented_rule_removed_in_turn_is_named_or_not_needed() {
             .await;
         let _ = cluster_roles.delete(&user, &DeleteParams::default()).await;
     }
+    node_remove_image("node-a", &reference);
+}
+
+/// The scan cache (src/archive/cache.rs) must never vouch for bytes it did not hash: an
+/// archive a tenant edits in place after a run, size kept and mtime put back, is hashed
+/// again and refused before anything changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archive_edited_in_place_after_a_run_is_hashed_again_and_refused() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let namespace = TestNamespace::new(&client, "sl-edited").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let reference = format!("sideload.test/edited:{}", unique("v"));
+    let tar = dir.path().join("edited.tar");
+    make_image(&reference, &tar, &["--layers", "1", "--layer-mib", "4"]);
+    // Only a file that has not changed for a second is remembered.
+    std::thread::sleep(Duration::from_millis(1100));
+    let load = |extra: &[&str]| {
+        let mut cmd = plugin();
+        cmd.env("XDG_CACHE_HOME", cache.path())
+            .arg("--kubeconfig")
+            .arg(admin_kubeconfig())
+            .arg(&tar)
+            .args(["--nodes", "node-a", "--helper-namespace", &namespace.name])
+            .args(extra);
+        run(cmd)
+    };
+    let first = load(&[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let scans = cache.path().join("kubectl-sideload/scans");
+    assert_eq!(
+        std::fs::read_dir(&scans).unwrap().count(),
+        1,
+        "the scan was remembered"
+    );
+
+    // One byte of the layer flipped in place, the mtime put back.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&tar)
+        .unwrap();
+    let before = file.metadata().unwrap();
+    let at = before.len() / 2;
+    let mut byte = [0u8; 1];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut byte, at).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[byte[0] ^ 0x01], at).unwrap();
+    file.set_modified(before.modified().unwrap()).unwrap();
+    drop(file);
+
+    let again = load(&["--force"]);
+    assert!(!again.status.success(), "an edited archive must be refused");
+    let err = stderr(&again);
+    // Found by the plugin's own hashing (a remembered scan would have let it reach the
+    // node, whose importer refuses it only after the helpers started).
+    assert!(
+        err.contains("edited.tar") && err.contains("does not match its digest"),
+        "{err}"
+    );
+    let left = helper_pods(&client, &namespace.name).await;
+    assert!(
+        left.is_empty(),
+        "nothing starts for a refused archive: {left:?}"
+    );
+    assert!(
+        node_images("node-a").contains(&reference),
+        "the image the first run loaded stays"
+    );
     node_remove_image("node-a", &reference);
 }

@@ -3,8 +3,10 @@
 //! as a plain OCI-layout tar stream for `ctr images import`.
 //!
 //! `Archive::open` makes one sequential pass (through gzip if the file is compressed),
-//! hashing every member; `write_oci` makes one more, streaming layers from the file.
+//! hashing every member, unless the file is unchanged since a pass remembered it
+//! (`cache.rs`); `write_oci` makes one more, streaming layers from the file.
 
+mod cache;
 mod emit;
 mod error;
 #[cfg(test)]
@@ -144,6 +146,21 @@ impl std::fmt::Debug for Archive {
     }
 }
 
+/// The one pass over `source`, through gzip if it is `compressed`, its reads overlapping
+/// the hashing.
+fn scan_through(
+    source: impl Read + Send,
+    compressed: bool,
+    opts: &ScanOpts<'_>,
+) -> Result<scan::Scan, ArchiveError> {
+    if compressed {
+        let gz = MultiGzDecoder::new(BufReader::with_capacity(CHUNK, source));
+        scan::prefetched(gz, |r| scan::scan(r, opts))
+    } else {
+        scan::prefetched(source, |r| scan::scan(r, opts))
+    }
+}
+
 impl Archive {
     /// Opens and inspects an archive that must hold one image (its tags are fine); one with
     /// several is refused with `MultipleImages`, which lists them.
@@ -185,7 +202,22 @@ impl Archive {
         })
     }
 
+    /// Opens a path: a regular file through the scan cache (`cache.rs`), anything else
+    /// read once like stdin.
     fn open_path(path: &std::path::Path) -> Result<Vec<Archive>, ArchiveError> {
+        // Unit tests open thousands of throwaway archives: they never touch the user's cache.
+        let dir = if cfg!(test) {
+            None
+        } else {
+            cache::default_dir()
+        };
+        Archive::open_path_cached(path, dir.as_deref())
+    }
+
+    fn open_path_cached(
+        path: &std::path::Path,
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<Vec<Archive>, ArchiveError> {
         let name = path.display().to_string();
         let file = File::open(path).map_err(|source| match source.kind() {
             io::ErrorKind::NotFound => ArchiveError::NotFound { name: name.clone() },
@@ -222,13 +254,27 @@ impl Archive {
             drain: compressed,
             gzip: compressed,
         };
-        let source = io::Cursor::new(&head[..n]).chain(&file);
-        let scanned = if compressed {
-            let gz = MultiGzDecoder::new(BufReader::with_capacity(CHUNK, source));
-            scan::prefetched(gz, |r| scan::scan(r, &opts))
-        } else {
-            scan::prefetched(source, |r| scan::scan(r, &opts))
-        }?;
+        let remembered = cache_dir.map(|dir| (dir, cache::key(path, &meta)));
+        let hit = remembered
+            .as_ref()
+            .and_then(|(dir, key)| cache::load(dir, key));
+        let scanned = match hit {
+            Some(scanned) => scanned,
+            None => {
+                let started = SystemTime::now();
+                let source = io::Cursor::new(&head[..n]).chain(&file);
+                let scanned = scan_through(source, compressed, &opts)?;
+                // Remembered only if the file is the one whose identity was taken before
+                // the scan, and had settled by then.
+                if let (Some((dir, key)), Ok(after)) = (&remembered, file.metadata())
+                    && cache::key(path, &after) == *key
+                    && cache::settled(&after, started)
+                {
+                    cache::store(dir, key, &scanned);
+                }
+                scanned
+            }
+        };
         let stamp = Some((len, meta.modified().ok()));
         Archive::build(name, file, compressed, len, stamp, &scanned)
     }
@@ -272,12 +318,7 @@ impl Archive {
             inner: io::Cursor::new(&head[..n]).chain(r),
             copy: &file,
         };
-        let scanned = if compressed {
-            let gz = MultiGzDecoder::new(BufReader::with_capacity(CHUNK, tee));
-            scan::prefetched(gz, |r| scan::scan(r, &opts))
-        } else {
-            scan::prefetched(tee, |r| scan::scan(r, &opts))
-        }?;
+        let scanned = scan_through(tee, compressed, &opts)?;
         let len = file
             .metadata()
             .map_err(|source| ArchiveError::Io {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::ArchiveError;
@@ -34,7 +35,7 @@ pub const SPECIAL_LIMIT: u64 = 1 << 20;
 pub const MAX_ENTRIES: usize = 1 << 15;
 
 /// A regular file in the archive.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Member {
     /// Where its data starts in the tar stream (decompressed stream for gzip archives).
     pub offset: u64,
@@ -50,8 +51,8 @@ pub struct Member {
     pub head: Box<[u8]>,
 }
 
-/// What one pass over the tar found.
-#[derive(Debug, Default)]
+/// What one pass over the tar found (serializable for the scan cache, `cache.rs`).
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Scan {
     /// Regular files by cleaned path.
     pub members: HashMap<String, Member>,
