@@ -107,10 +107,25 @@ pub fn node_ctr(node: &str, args: &[&str]) -> String {
 }
 
 /// `tests/cluster/node-crictl NODE args…`, stdout.
+///
+/// CRI-O fails a whole listing while any image in its storage is half written ("locating
+/// item named \"manifest\" for image …"): tests run side by side, so another test's
+/// import on the node is retried past, for up to 10 s. (The plugin never lists: it reads
+/// the storage's records and inspects only its own image.)
 pub fn node_crictl(node: &str, args: &[&str]) -> String {
-    let mut cmd = Command::new(repo().join("tests/cluster/node-crictl"));
-    cmd.arg(node).args(args);
-    let out = cmd.output().expect("node-crictl");
+    let mut out;
+    let mut tries = 0;
+    loop {
+        let mut cmd = Command::new(repo().join("tests/cluster/node-crictl"));
+        cmd.arg(node).args(args);
+        out = cmd.output().expect("node-crictl");
+        tries += 1;
+        let half_written = String::from_utf8_lossy(&out.stderr).contains("locating item named");
+        if out.status.success() || !half_written || tries == 40 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     assert!(
         out.status.success(),
         "node-crictl {node} {args:?}: {}",
