@@ -16,7 +16,6 @@
 
 use std::fs::{self, Metadata};
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -43,29 +42,48 @@ pub fn default_dir() -> Option<PathBuf> {
     Some(base.join("kubectl-sideload").join("scans"))
 }
 
-/// What identifies one state of one file.
-pub fn key(path: &Path, meta: &Metadata) -> String {
-    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    format!(
-        "{FORMAT}\0{}\0{}\0{}\0{}\0{}\0{}\0{}\0{}",
-        env!("CARGO_PKG_VERSION"),
-        path.display(),
-        meta.dev(),
-        meta.ino(),
-        meta.len(),
-        meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-        meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
-        meta.mode(),
-    )
+/// What identifies one state of one file; `None` off Unix, where std exposes neither an
+/// inode nor a ctime (no cache there).
+pub fn key(path: &Path, meta: &Metadata) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        Some(format!(
+            "{FORMAT}\0{}\0{}\0{}\0{}\0{}\0{}\0{}\0{}",
+            env!("CARGO_PKG_VERSION"),
+            path.display(),
+            meta.dev(),
+            meta.ino(),
+            meta.len(),
+            meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+            meta.mode(),
+        ))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, meta);
+        None
+    }
 }
 
 /// Whether a file last changed (ctime) at least a second before `scan_started`: only such a
 /// file is remembered. File times are as coarse as the kernel's clock tick, so a write
 /// during the scan could otherwise leave the ctime it had when the scan began.
 pub fn settled(meta: &Metadata, scan_started: std::time::SystemTime) -> bool {
-    let changed = std::time::UNIX_EPOCH
-        + std::time::Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec().max(0) as u32);
-    changed + std::time::Duration::from_secs(1) <= scan_started
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let changed = std::time::UNIX_EPOCH
+            + std::time::Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec().max(0) as u32);
+        changed + std::time::Duration::from_secs(1) <= scan_started
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (meta, scan_started);
+        false
+    }
 }
 
 /// The scan remembered under `key`, if any.
@@ -92,7 +110,11 @@ pub fn store(dir: &Path, key: &str, scan: &Scan) {
 
 fn write(dir: &Path, key: &str, scan: &Scan) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
     let bytes = serde_json::to_vec(&EntryRef { key, scan })?;
     // A whole entry or none: written aside, then renamed into place.
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
@@ -169,7 +191,7 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let first = Archive::open_path_cached(&path, Some(cache.path())).unwrap();
         assert_eq!(entries(cache.path()), 1);
-        let key = key(&path, &fs::metadata(&path).unwrap());
+        let key = key(&path, &fs::metadata(&path).unwrap()).unwrap();
         let remembered = load(cache.path(), &key).expect("an entry under the file's key");
         let layer = img.layer_digests()[0].clone();
         assert!(
@@ -199,7 +221,7 @@ mod tests {
         // The same size, one byte of the last layer flipped, the old mtime restored: only
         // the ctime (which the kernel sets) tells.
         let file = File::options().write(true).read(true).open(&path).unwrap();
-        let scan = load(cache.path(), &key(&path, &before)).unwrap();
+        let scan = load(cache.path(), &key(&path, &before).unwrap()).unwrap();
         let layer = scan
             .members
             .values()
@@ -234,7 +256,7 @@ mod tests {
         let (_d, path, _img) = settled_archive(4);
         let cache = tempfile::tempdir().unwrap();
         Archive::open_path_cached(&path, Some(cache.path())).unwrap();
-        let key = key(&path, &fs::metadata(&path).unwrap());
+        let key = key(&path, &fs::metadata(&path).unwrap()).unwrap();
         let file = entry_path(cache.path(), &key);
         let mut entry: Entry = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
         entry.key.push('x');

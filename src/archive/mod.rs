@@ -254,7 +254,7 @@ impl Archive {
             drain: compressed,
             gzip: compressed,
         };
-        let remembered = cache_dir.map(|dir| (dir, cache::key(path, &meta)));
+        let remembered = cache_dir.zip(cache::key(path, &meta));
         let hit = remembered
             .as_ref()
             .and_then(|(dir, key)| cache::load(dir, key));
@@ -267,7 +267,7 @@ impl Archive {
                 // Remembered only if the file is the one whose identity was taken before
                 // the scan, and had settled by then.
                 if let (Some((dir, key)), Ok(after)) = (&remembered, file.metadata())
-                    && cache::key(path, &after) == *key
+                    && cache::key(path, &after).as_ref() == Some(key)
                     && cache::settled(&after, started)
                 {
                     cache::store(dir, key, &scanned);
