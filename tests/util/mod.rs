@@ -544,6 +544,19 @@ pub fn config_of(tar: &Path) -> String {
         .to_string()
 }
 
+/// Runs `cmd` (a plugin load with `-o json`) with one byte of its stream flipped on the
+/// wire at byte `at` (the e2e build's `SIDELOAD_E2E_FLIP_WIRE_BYTE`): the run must fail.
+/// Its report.
+pub fn run_with_byte_flipped(mut cmd: Command, at: u64) -> serde_json::Value {
+    cmd.env("SIDELOAD_E2E_FLIP_WIRE_BYTE", at.to_string());
+    let out = run(cmd);
+    assert!(
+        !out.status.success(),
+        "a corrupted stream must fail the run"
+    );
+    json_out(&out)
+}
+
 /// A plugin run held at one byte of its first stream by the e2e build's pause hook
 /// (`SIDELOAD_E2E_PAUSE_AT_BYTE`), so a test can act at a known point of a transfer.
 /// Dropped unreleased (a failed assertion), the run is killed.
