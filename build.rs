@@ -59,6 +59,7 @@ fn agents() {
     println!("cargo:rerun-if-changed=agent/Cargo.toml");
     println!("cargo:rerun-if-changed=Cargo.lock");
     let prebuilt = std::env::var_os("SIDELOAD_AGENT_DIR").map(PathBuf::from);
+    let mut missing = false;
     for (arch, target) in AGENT_TARGETS {
         let embedded = out_dir.join(format!("sideload-agent-{arch}"));
         let bytes = match &prebuilt {
@@ -69,6 +70,7 @@ fn agents() {
                 })
             }
             None => build_agent(&manifest_dir, target).unwrap_or_else(|why| {
+                missing = true;
                 println!(
                     "cargo:warning=no node agent for {arch} nodes ({why}); \
                      `rustup target add {target}` and build again to support them"
@@ -78,6 +80,27 @@ fn agents() {
         };
         std::fs::write(&embedded, bytes).expect("writing the embedded agent");
     }
+    // The error a missing agent gives says "`rustup target add` and rebuild": the rebuild
+    // must then run this script again, though no source changed. Adding a target creates
+    // its directory under the toolchain's rustlib, so watch that directory.
+    if missing {
+        if let Some(rustlib) = toolchain_rustlib() {
+            println!("cargo:rerun-if-changed={}", rustlib.display());
+        }
+    }
+}
+
+/// `<sysroot>/lib/rustlib` of the compiler cargo builds with, where targets are installed.
+fn toolchain_rustlib() -> Option<PathBuf> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let output = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let sysroot = String::from_utf8(output.stdout).ok()?;
+    let rustlib = Path::new(sysroot.trim()).join("lib").join("rustlib");
+    rustlib.is_dir().then_some(rustlib)
 }
 
 /// Builds the agent for `target`, returning the binary's bytes.

@@ -197,13 +197,31 @@ fn completion(args: CompletionArgs) -> Result<ExitCode> {
 
 /// Prints results; a closed pipe (`| head`) is not an error worth reporting.
 pub fn print_stdout(text: &str) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes());
-    if !text.ends_with('\n') {
-        let _ = stdout.write_all(b"\n");
-    }
-    let _ = stdout.flush();
+    print_to(&mut std::io::stdout().lock(), text);
 }
+
+/// Prints a message to stderr. Not `eprintln!`: it panics once stderr's reader went away
+/// (`kubectl sideload … 2>&1 | head`), and a panic mid-run ends the process with helper
+/// pods still on the nodes; a lost message is the lesser harm.
+pub fn print_stderr(text: &str) {
+    print_to(&mut std::io::stderr().lock(), text);
+}
+
+fn print_to(out: &mut impl Write, text: &str) {
+    let _ = out.write_all(text.as_bytes());
+    if !text.ends_with('\n') {
+        let _ = out.write_all(b"\n");
+    }
+    let _ = out.flush();
+}
+
+/// `eprintln!` through [`print_stderr`]: the same arguments, never a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::app::print_stderr(&format!($($arg)*))
+    };
+}
+pub(crate) use say;
 
 /// A per-run secret (256 bits from the OS, hex) that relay connections between helper
 /// pods must present.

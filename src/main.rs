@@ -22,6 +22,7 @@ mod version;
 mod visit;
 mod workload;
 
+use crate::app::say;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -36,6 +37,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr's reader went away) is dropped: the
+        // default reports it with `eprintln!`, which panics and would end the run with its
+        // helper pods still up.
+        .log_internal_errors(false)
         // Colour codes only for a person; logs piped to a file or grep stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -45,14 +50,14 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            say!("error: cannot start the async runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(app::run(cli)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            say!("error: {err:#}");
             ExitCode::FAILURE
         }
     }

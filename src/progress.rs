@@ -1,6 +1,7 @@
 //! Progress bars on stderr, one per node, shown only when stderr is a terminal so that
 //! scripts and `-o json | jq` see nothing but results.
 
+use crate::app::say;
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ impl Progress {
             Some(multi) => {
                 let _ = multi.println(line);
             }
-            None => eprintln!("{line}"),
+            None => say!("{line}"),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! pod removed again. Shared by a load (load.rs) and by the commands that only look at or
 //! make small changes to what nodes hold (visit.rs).
 
+use crate::app::say;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -199,9 +200,7 @@ pub async fn end_run(
 /// Warns of what [`end_run`] could not remove, naming the command that can.
 pub fn warn_left(errors: &[anyhow::Error], namespace: &str) {
     for err in errors {
-        eprintln!(
-            "warning: {err:#}; run `kubectl sideload cleanup --helper-namespace {namespace}`"
-        );
+        say!("warning: {err:#}; run `kubectl sideload cleanup --helper-namespace {namespace}`");
     }
 }
 

@@ -5,6 +5,7 @@
 //! touches the cluster before the arguments are whole and the archives read; no pod starts
 //! before every plan is whole; every pod created is deleted again, also on a signal.
 
+use crate::app::say;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -151,7 +152,7 @@ fn name_image(archive: &mut Archive, tags: &[String]) -> Result<()> {
     if tags.is_empty() {
         for r in &archive.summary().refs {
             if let Some(short) = r.strip_prefix("localhost/") {
-                eprintln!(
+                say!(
                     "warning: the archive names the image {r} (podman's spelling of a short \
                      name); pods asking for {short} will not find it: pass --tag {short} to \
                      import it under the name they ask for"
@@ -273,7 +274,7 @@ impl Decided {
             match stage.check(&loading_all(&plans)) {
                 Ok(warnings) => {
                     for warning in warnings {
-                        eprintln!("warning: {warning}");
+                        say!("warning: {warning}");
                     }
                 }
                 Err(err) => placement_error = Some(err),
@@ -570,9 +571,9 @@ async fn load_nodes(
             }
             let ended = if stop.code.is_some() { "interrupted" } else { "stopped" };
             if left.is_empty() {
-                eprintln!("{ended}; no helper pod left behind");
+                say!("{ended}; no helper pod left behind");
             } else {
-                eprintln!(
+                say!(
                     "{ended}; helper objects remain: {}\nrun `kubectl sideload cleanup \
                      --helper-namespace {}`",
                     left.join(", "),
@@ -666,14 +667,14 @@ async fn roll_out(
     stage.records = label_records(&decided.plans, &covered);
     // Plain lines: the load bars are finished, and redrawing them (MultiProgress::println)
     // around the prompt would garble it.
-    let say = |line: &str| eprintln!("{line}");
+    let say = |line: &str| say!("{line}");
     if let Some(left) = deadline.left() {
         stage.opts.timeout = stage.opts.timeout.min(left);
     }
     tokio::select! {
         results = stage.apply(&inputs.cluster.client, &covered, failed, &say) => Ok(RolledOut::Results(results)),
         stop = stopping(signals, deadline) => {
-            eprintln!(
+            say!(
                 "{}: stopped; a workload already patched keeps rolling out (see \
                  `kubectl rollout status`)",
                 stop.why
@@ -758,13 +759,13 @@ fn report(
     if failed > 0 {
         let rows: usize = loaded.iter().map(Vec::len).sum();
         if loaded.len() > 1 {
-            eprintln!("error: {failed} of {rows} node and image row(s) failed");
+            say!("error: {failed} of {rows} node and image row(s) failed");
         } else {
-            eprintln!("error: {failed} of {rows} node(s) failed");
+            say!("error: {failed} of {rows} node(s) failed");
         }
     }
     if workloads_failed > 0 {
-        eprintln!(
+        say!(
             "error: {workloads_failed} of {} workload(s) not patched or not rolled out",
             workloads.len()
         );

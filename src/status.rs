@@ -2,6 +2,7 @@
 //! visit of every node (visit.rs) inside the run's lifecycle (its Lease, the agent's
 //! ConfigMaps, every helper removed also on a signal) → a table or JSON.
 
+use crate::app::say;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -128,7 +129,7 @@ pub async fn remove(kube: &cli::KubeArgs, args: RmArgs) -> Result<ExitCode> {
         .flat_map(|r| &r.images)
         .any(|i| i.action.as_deref().is_some_and(|a| a.starts_with("kept")));
     if kept {
-        eprintln!(
+        say!(
             "error: images in use were kept (see the rows above); nothing else changed on those nodes"
         );
         return Ok(ExitCode::FAILURE);
@@ -285,7 +286,7 @@ async fn visit_nodes(
     let left = reach::end_run(&cluster.client, &on.helper_namespace, &run_id, heartbeat).await;
     reach::warn_left(&left, &on.helper_namespace);
     if let Some((why, code)) = stopped {
-        eprintln!("{why}; stopped, no helper pod left behind");
+        say!("{why}; stopped, no helper pod left behind");
         return Ok(Outcome::Stopped(ExitCode::from(code)));
     }
     Ok(Outcome::Visited(Visited {

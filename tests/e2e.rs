@@ -453,6 +453,47 @@ async fn an_interrupted_run_leaves_nothing_behind() {
     }
 }
 
+/// `kubectl sideload … 2>&1 | head`: the reader of the plugin's output goes away while the
+/// run is in flight. Every later line (logs, progress, the report) is lost, and the run
+/// still loads, removes its helper pods and exits 0 (a panic on the closed pipe used to end
+/// it with every helper pod still up).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_output_reader_went_away_still_loads_and_leaves_nothing() {
+    use std::io::BufRead;
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let namespace = TestNamespace::new(&client, "sl-helpers").await;
+    let ns = namespace.name.clone();
+    let reference = format!("sideload.test/headless:{}", unique("v"));
+    let tar = dir.path().join("small.tar");
+    make_image(&reference, &tar, &[]);
+    let mut cmd = plugin();
+    cmd.arg("--kubeconfig")
+        .arg(admin_kubeconfig())
+        .arg(&tar)
+        .args(["--helper-namespace", &ns, "--nodes", "node-a,node-b"])
+        // Debug logs: lines to write at every step, the first long before the pods exist.
+        .env("SIDELOAD_LOG", "kubectl_sideload=debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(!first.is_empty(), "the plugin wrote nothing to stderr");
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "first line: {first}");
+    let left = helper_pods(&client, &ns).await;
+    assert!(left.is_empty(), "left {left:?}");
+    for node in ["node-a", "node-b"] {
+        assert!(node_images(node).contains(&reference), "{reference} missing on {node}");
+        node_remove_image(node, &reference);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_past_its_timeout_stops_every_node_naming_the_step_and_leaves_nothing() {
     let _logs = LogsOnFailure;
