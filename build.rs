@@ -83,10 +83,8 @@ fn agents() {
     // The error a missing agent gives says "`rustup target add` and rebuild": the rebuild
     // must then run this script again, though no source changed. Adding a target creates
     // its directory under the toolchain's rustlib, so watch that directory.
-    if missing {
-        if let Some(rustlib) = toolchain_rustlib() {
-            println!("cargo:rerun-if-changed={}", rustlib.display());
-        }
+    if missing && let Some(rustlib) = toolchain_rustlib() {
+        println!("cargo:rerun-if-changed={}", rustlib.display());
     }
 }
 

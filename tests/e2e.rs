@@ -489,7 +489,10 @@ async fn a_run_whose_output_reader_went_away_still_loads_and_leaves_nothing() {
     let left = helper_pods(&client, &ns).await;
     assert!(left.is_empty(), "left {left:?}");
     for node in ["node-a", "node-b"] {
-        assert!(node_images(node).contains(&reference), "{reference} missing on {node}");
+        assert!(
+            node_images(node).contains(&reference),
+            "{reference} missing on {node}"
+        );
         node_remove_image(node, &reference);
     }
 }
