@@ -144,7 +144,8 @@ async fn cleanup(kube: &KubeArgs, args: CleanupArgs) -> Result<ExitCode> {
         agent::delete_configmaps(&configmaps, runs).await?
     };
     if !args.dry_run {
-        lease::delete(&leases, &liveness.expired).await?;
+        let expired: Vec<String> = liveness.expired.iter().map(|e| e.lease.clone()).collect();
+        lease::delete(&leases, &expired).await?;
     }
     for (run, ago) in &liveness.live {
         print_stdout(&format!(
@@ -160,7 +161,12 @@ async fn cleanup(kube: &KubeArgs, args: CleanupArgs) -> Result<ExitCode> {
         .iter()
         .map(|n| format!("pod/{n}"))
         .chain(maps.iter().map(|m| format!("configmap/{m}")))
-        .chain(liveness.expired.iter().map(|l| format!("lease/{l}")));
+        .chain(
+            liveness
+                .expired
+                .iter()
+                .map(|e| format!("lease/{}", e.lease)),
+        );
     for object in objects {
         if args.dry_run {
             print_stdout(&format!("{object} would be deleted (dry run)\n"));

@@ -9,15 +9,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use indicatif::ProgressBar;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::Api;
 use sideload_agent::protocol::Query;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::format_duration;
 use crate::cluster::agent::{self, Agent, Session};
 use crate::cluster::errors::Permanent;
 use crate::cluster::helper::{self, HelperImage, HelperSpec, Needs, Runs, Started};
-use crate::cluster::lease::Heartbeat;
+use crate::cluster::lease::{self, Heartbeat};
 use crate::cluster::nodes::NodeFacts;
 use crate::runtime::{Inventory, Located, Wanted};
 
@@ -195,6 +197,57 @@ pub async fn end_run(
         heartbeat.stop().await;
     }
     [swept.err(), removed.err()].into_iter().flatten().collect()
+}
+
+/// How long a run's Lease must have been expired before a later run removes what it left:
+/// far past the Lease's own [`lease::DURATION`], so a run whose renewals stalled for a
+/// while (a busy API server, a laptop's network blinking) is never taken for dead.
+pub const LEFT_FOR: Duration = Duration::from_secs(120);
+
+/// Removes what runs that died without cleaning up (SIGKILL, a crash, a machine gone) left
+/// in the helper namespace: their helper pods, agent ConfigMaps and Lease, once the Lease
+/// has been expired for [`LEFT_FOR`]. A privileged pod should not wait for someone to
+/// remember `cleanup`. Housekeeping only: what fails here is left for `cleanup` and never
+/// fails this run. Returns a line for the user per run whose pods it removed.
+pub async fn tidy_dead_runs(client: &kube::Client, namespace: &str) -> Vec<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let liveness = match lease::liveness(&leases).await {
+        Ok(liveness) => liveness,
+        Err(err) => {
+            tracing::debug!(%err, "cannot list runs; leftovers of dead runs are left");
+            return Vec::new();
+        }
+    };
+    let mut said = Vec::new();
+    for dead in liveness.expired {
+        // A Lease without its run label or renewal time is not one of ours to judge.
+        let (Some(run), Some(ago)) = (&dead.run, dead.ago) else {
+            continue;
+        };
+        if ago < LEFT_FOR {
+            continue;
+        }
+        let runs = Runs::One(run);
+        let removed = async {
+            let pods = helper::sweep(&pods, runs, Duration::ZERO).await?;
+            agent::delete_configmaps(&configmaps, runs).await?;
+            lease::delete(&leases, std::slice::from_ref(&dead.lease)).await?;
+            anyhow::Ok(pods)
+        };
+        match removed.await {
+            Ok(pods) if !pods.is_empty() => said.push(format!(
+                "removed {} helper pod(s) left by run {run}, which ended {} ago without \
+                 removing them",
+                pods.len(),
+                format_duration(ago)
+            )),
+            Ok(_) => {}
+            Err(err) => tracing::debug!(%run, %err, "leftovers of a dead run left"),
+        }
+    }
+    said
 }
 
 /// Warns of what [`end_run`] could not remove, naming the command that can.

@@ -526,7 +526,15 @@ async fn load_nodes(
         // One helper per node for every image; the images one after another (load.rs).
         // Not stopped early on cancel: a cancelled execute creates nothing more and gives
         // each node and image its row naming the step, so the report has every one.
-        *done.lock().unwrap() = load::execute(&run, &loads).await;
+        // Beside it, what runs that died long ago left behind is removed.
+        let (results, tidied) = tokio::join!(
+            load::execute(&run, &loads),
+            reach::tidy_dead_runs(client, helper_namespace)
+        );
+        *done.lock().unwrap() = results;
+        for line in tidied {
+            progress.println(&line);
+        }
         Ok::<_, anyhow::Error>(())
     };
     tokio::pin!(execute);

@@ -497,6 +497,97 @@ async fn a_run_whose_output_reader_went_away_still_loads_and_leaves_nothing() {
     }
 }
 
+/// A run killed with SIGKILL (or crashed, or cut off) leaves its privileged helper pods up.
+/// The next run removes them once the dead run's Lease has been expired for two minutes,
+/// and leaves alone a run that only just stopped renewing and pods without a Lease of ours.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_later_run_removes_what_a_long_dead_run_left_and_nothing_else() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let namespace = TestNamespace::new(&client, "sl-helpers").await;
+    let ns = namespace.name.clone();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let post = PostParams::default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let iso = |secs_ago: u64| {
+        let out = std::process::Command::new("date")
+            .args([
+                "-u",
+                "-d",
+                &format!("@{}", now - secs_ago),
+                "+%Y-%m-%dT%H:%M:%S.000000Z",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let labels = |run: &str| json!({"app.kubernetes.io/managed-by": "kubectl-sideload", "sideload.dev/run": run});
+    // dead5m: renewed 5 minutes ago (a 20 s Lease); stale: renewed 40 s ago; orphan: no Lease.
+    for (run, renewed) in [("dead5m", Some(300)), ("stale", Some(40)), ("orphan", None)] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("sideload-node-a-{run}"), "labels": labels(run)},
+            "spec": {
+                "nodeName": "node-a",
+                "terminationGracePeriodSeconds": 0,
+                "containers": [{"name": "helper", "image": "registry.k8s.io/pause:3.10",
+                                "imagePullPolicy": "Never"}]
+            }
+        }))
+        .unwrap();
+        pods.create(&post, &pod).await.unwrap();
+        let map: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": format!("sideload-agent-{run}-amd64"), "labels": labels(run)}
+        }))
+        .unwrap();
+        maps.create(&post, &map).await.unwrap();
+        if let Some(ago) = renewed {
+            let lease: Lease = serde_json::from_value(json!({
+                "metadata": {"name": format!("sideload-run-{run}"), "labels": labels(run)},
+                "spec": {"holderIdentity": "kubectl-sideload (killed)",
+                         "leaseDurationSeconds": 20,
+                         "acquireTime": iso(ago + 60), "renewTime": iso(ago)}
+            }))
+            .unwrap();
+            leases.create(&post, &lease).await.unwrap();
+        }
+    }
+
+    let reference = format!("sideload.test/tidy:{}", unique("v"));
+    let tar = dir.path().join("small.tar");
+    make_image(&reference, &tar, &[]);
+    let tar = tar.to_str().unwrap();
+    let out = sideload(&[tar, "--helper-namespace", &ns, "--nodes", "node-a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("removed 1 helper pod(s) left by run dead5m, which ended 4m"),
+        "{}",
+        stderr(&out)
+    );
+    let mut left = helper_pods(&client, &ns).await;
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "configmap/sideload-agent-orphan-amd64",
+            "configmap/sideload-agent-stale-amd64",
+            "lease/sideload-run-stale",
+            "pod/sideload-node-a-orphan",
+            "pod/sideload-node-a-stale",
+        ],
+        "{}",
+        stderr(&out)
+    );
+    node_remove_image("node-a", &reference);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_past_its_timeout_stops_every_node_naming_the_step_and_leaves_nothing() {
     let _logs = LogsOnFailure;

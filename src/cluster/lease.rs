@@ -137,10 +137,19 @@ pub fn is_live(lease: &Lease, now: Timestamp) -> bool {
 }
 
 /// The runs in the namespace, split into live ones (with seconds since their last renewal)
-/// and the names of Leases whose runs are dead.
+/// and the Leases whose runs are dead.
 pub struct Liveness {
     pub live: BTreeMap<String, u64>,
-    pub expired: Vec<String>,
+    pub expired: Vec<Expired>,
+}
+
+/// The Lease of a run that ended without removing it (killed, crashed, cut off).
+pub struct Expired {
+    pub lease: String,
+    /// The run it stood for, if the Lease carries the run label.
+    pub run: Option<String>,
+    /// How long ago it expired, if it says when it was last renewed.
+    pub ago: Option<Duration>,
 }
 
 pub async fn liveness(api: &Api<Lease>) -> Result<Liveness> {
@@ -168,17 +177,28 @@ pub async fn liveness(api: &Api<Lease>) -> Result<Liveness> {
             .as_ref()
             .and_then(|l| l.get(RUN_LABEL))
             .cloned();
+        let spec = lease.spec.as_ref();
+        let renewed = spec.and_then(|s| s.renew_time.as_ref());
         match run {
             Some(run) if is_live(&lease, now) => {
-                let ago = lease
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.renew_time.as_ref())
+                let ago = renewed
                     .map(|t| now.duration_since(t.0).as_secs().max(0) as u64)
                     .unwrap_or(0);
                 runs.live.insert(run, ago);
             }
-            _ => runs.expired.extend(lease.metadata.name),
+            run => {
+                let lasts = spec
+                    .and_then(|s| s.lease_duration_seconds)
+                    .and_then(|s| u64::try_from(s).ok())
+                    .map(Duration::from_secs);
+                let ago = renewed.zip(lasts).and_then(|(t, lasts)| {
+                    Duration::try_from(now.duration_since(t.0))
+                        .ok()
+                        .and_then(|since| since.checked_sub(lasts))
+                });
+                runs.expired
+                    .extend(lease.metadata.name.map(|lease| Expired { lease, run, ago }));
+            }
         }
     }
     Ok(runs)
