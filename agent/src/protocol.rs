@@ -65,7 +65,8 @@ pub struct Query {
     /// `GET` requests over a unix socket (CRI-O serves its running config this way).
     #[serde(default)]
     pub http: Vec<HttpGet>,
-    /// Host commands, run one after another with their output captured.
+    /// Host commands, independent of each other (several run at once), their output
+    /// captured and answered in this order.
     #[serde(default)]
     pub commands: Vec<Command>,
 }
