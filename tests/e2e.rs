@@ -488,13 +488,7 @@ async fn a_run_whose_output_reader_went_away_still_loads_and_leaves_nothing() {
     assert_eq!(status.code(), Some(0), "first line: {first}");
     let left = helper_pods(&client, &ns).await;
     assert!(left.is_empty(), "left {left:?}");
-    for node in ["node-a", "node-b"] {
-        assert!(
-            node_images(node).contains(&reference),
-            "{reference} missing on {node}"
-        );
-        node_remove_image(node, &reference);
-    }
+    assert_listed_then_remove(&["node-a", "node-b"], &reference);
 }
 
 /// A run killed with SIGKILL (or crashed, or cut off) leaves its privileged helper pods up.
@@ -688,13 +682,7 @@ async fn cleanup_by_another_user_leaves_a_run_in_progress_alone() {
     );
     assert!(statuses(&json_out(&out)).iter().all(|(_, s)| s == "loaded"));
     assert!(helper_pods(&client, &ns).await.is_empty());
-    for node in ["node-a", "node-b"] {
-        assert!(
-            node_images(node).contains(&reference),
-            "{reference} missing on {node}"
-        );
-        node_remove_image(node, &reference);
-    }
+    assert_listed_then_remove(&["node-a", "node-b"], &reference);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -183,6 +183,17 @@ pub fn node_half_states(node: &str, reference: &str, run: &str) -> Vec<String> {
     problems
 }
 
+/// Asserts each node lists `reference`, then removes it there (the test's own image).
+pub fn assert_listed_then_remove(nodes: &[&str], reference: &str) {
+    for node in nodes {
+        assert!(
+            node_images(node).iter().any(|r| r == reference),
+            "{reference} missing on {node}"
+        );
+        node_remove_image(node, reference);
+    }
+}
+
 /// Removes an image from a node, so tests start from "not there".
 pub fn node_remove_image(node: &str, reference: &str) {
     let mut cmd = if node == CRIO_NODE {
