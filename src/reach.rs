@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::format_duration;
 use crate::cluster::agent::{self, Agent, Session};
-use crate::cluster::errors::Permanent;
+use crate::cluster::errors::{NoServiceAccountYet, Permanent};
 use crate::cluster::helper::{self, HelperImage, HelperSpec, Needs, Runs, Started};
 use crate::cluster::lease::{self, Heartbeat};
 use crate::cluster::nodes::NodeFacts;
@@ -25,6 +25,11 @@ use crate::runtime::{Inventory, Located, Wanted};
 
 /// How often a node whose helper pod is starting is looked at again.
 const NODE_POLL: Duration = Duration::from_secs(5);
+
+/// How long a helper namespace may lack its "default" ServiceAccount before the node fails:
+/// the controller-manager makes it within a second of the namespace, or some seconds after
+/// it reconnected to a restarted API server.
+const ACCOUNT_PATIENCE: Duration = Duration::from_secs(60);
 
 /// What starting and removing helper pods needs of the run.
 pub struct Reach<'a> {
@@ -51,6 +56,38 @@ impl Reach<'_> {
     /// The error of a node cancelled during `step`: names the reason and the step.
     pub fn stopped(&self, step: &str) -> anyhow::Error {
         stopped(self.stopped_by, step)
+    }
+
+    /// Creates a helper pod, waiting (up to [`ACCOUNT_PATIENCE`]) while its namespace has
+    /// no ServiceAccount yet: a namespace made just before the run works, as it would for
+    /// `kubectl run`, instead of failing its nodes with a misleading "permission denied".
+    async fn create(&self, pod: &Pod, bar: &ProgressBar) -> Result<String> {
+        let since = tokio::time::Instant::now();
+        loop {
+            // Not raced against `cancel`: once the API has the create, we must learn the
+            // pod's name to delete it. Only the pause between tries is.
+            match helper::create(self.pods, pod, false).await {
+                Err(err) if err.is::<NoServiceAccountYet>() => {
+                    if since.elapsed() >= ACCOUNT_PATIENCE {
+                        return Err(Permanent(format!(
+                            "{err:#} (waited {})",
+                            format_duration(since.elapsed())
+                        ))
+                        .into());
+                    }
+                    tracing::debug!(
+                        namespace = self.namespace,
+                        "no service account yet; waiting"
+                    );
+                    bar.set_message("waiting for the namespace's default service account");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = self.cancel.cancelled() => return Err(self.stopped("waiting for its namespace's service account")),
+                    }
+                }
+                created => return created,
+            }
+        }
     }
 
     /// Starts the node's helper pod, trying the next candidate image while one cannot be
@@ -84,9 +121,7 @@ impl Reach<'_> {
                 })
             };
             bar.set_message(format!("starting helper pod ({})", candidate.image));
-            // Not raced against `cancel`: once the API has the create, we must learn the
-            // pod's name to delete it.
-            let name = helper::create(self.pods, &pod, false).await?;
+            let name = self.create(&pod, bar).await?;
             tracing::debug!(node = %node.name, pod = %name, image = %candidate.image, "helper pod created");
             let started = tokio::select! {
                 started = helper::wait_running(self.pods, &name, self.helper_timeout) => started.map(Up::Reported),

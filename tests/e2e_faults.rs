@@ -29,6 +29,17 @@ impl Drop for KubeletBack {
     }
 }
 
+/// The controller-manager, stopped by a test, is started again however the test ends.
+struct ControllerManagerBack;
+
+impl Drop for ControllerManagerBack {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("tests/cluster/fault"))
+            .args(["start", "kube-controller-manager"])
+            .status();
+    }
+}
+
 /// Loads `tar` onto `node`, holding the stream at [`PAUSE_AT`] while `break_it` runs, and
 /// returns the plugin's output (JSON report on stdout).
 async fn load_through(
@@ -197,4 +208,54 @@ async fn a_node_going_notready_mid_transfer_is_reported_with_the_reason() {
         !node_images(node).contains(&reference),
         "the failed import must not name the image"
     );
+}
+
+/// A helper namespace made just before the run has no ServiceAccount for a moment (the
+/// controller-manager makes it; after an API server restart it can take seconds), and
+/// admission refuses every pod until then. The run waits for it instead of failing the
+/// node with "permission denied … bind the Role" (what CI met right after the API server
+/// restart above). The controller-manager is held stopped for 6 s to make the moment long.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_helper_namespace_made_a_moment_ago_is_waited_for() {
+    let _logs = LogsOnFailure;
+    let client = admin_client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("sideload.test/new-namespace:{}", unique("v"));
+    let tar = dir.path().join("new-namespace.tar");
+    make_image(&reference, &tar, &["--layers", "1", "--layer-mib", "1"]);
+    let node = "node-a";
+    let back = ControllerManagerBack;
+    fault(&["stop", "kube-controller-manager"]);
+    let namespace = TestNamespace::new(&client, "sl-fault-sa").await;
+    let run = plugin()
+        .arg("--kubeconfig")
+        .arg(admin_kubeconfig())
+        .arg(&tar)
+        .args([
+            "--nodes",
+            node,
+            "--helper-namespace",
+            &namespace.name,
+            "-o",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Long enough for a run that took the refusal for a denial (or retried it twice, 1 s
+    // and 2 s apart) to have ended.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    drop(back);
+    let out = run.wait_with_output().unwrap();
+    eprintln!("stderr:\n{}", stderr(&out));
+    assert!(out.status.success(), "{}", stdout(&out));
+    let report = json_out(&out);
+    let row = util::node_row(&report, node);
+    assert_eq!(row["status"], "loaded", "{row}");
+    assert_eq!(row["attempts"], 1, "waited within the first attempt: {row}");
+    let left = helper_pods(&client, &namespace.name).await;
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(node_images(node).contains(&reference));
+    node_remove_image(node, &reference);
 }

@@ -13,6 +13,14 @@ use tokio::time::Instant;
 #[error("{0}")]
 pub struct Permanent(pub String);
 
+/// Admission refused a pod because its namespace has no ServiceAccount "default" yet. The
+/// controller-manager makes one in every namespace moments after the namespace exists
+/// (longer while it reconnects to a restarted API server), so a helper namespace created
+/// just before the run meets this: worth waiting for, never a missing permission.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NoServiceAccountYet(pub String);
+
 /// Whether `err` would come back the same on a retry: marked [`Permanent`], or an API
 /// answer of 4xx other than 404 (gone meanwhile), 408, 409 (a name still in use) and 429
 /// (throttled), which all pass.
@@ -102,6 +110,29 @@ pub fn credentials(err: &kube::client::AuthError) -> String {
 /// Wraps a kube error from `verb` on `resource` with the next step for the user.
 pub fn explain(err: kube::Error, verb: &str, resource: &str) -> anyhow::Error {
     match &err {
+        kube::Error::Api(status)
+            if status.code == 403
+                && status.message.contains("error looking up service account") =>
+        {
+            // "… error looking up service account NAMESPACE/NAME: serviceaccount … not found"
+            let account = status
+                .message
+                .split("error looking up service account ")
+                .nth(1)
+                .and_then(|rest| rest.split(':').next())
+                .unwrap_or_default();
+            let (namespace, name) = account
+                .split_once('/')
+                .unwrap_or(("<helper namespace>", "default"));
+            anyhow::Error::new(NoServiceAccountYet(format!(
+                "cannot {verb} {resource}: its service account {name:?} does not exist (yet), \
+                 and the API server admits no pod without one ({}); the controller-manager \
+                 creates \"default\" moments after a namespace is made: if `kubectl get \
+                 serviceaccount {name} -n {namespace}` stays empty, check that \
+                 kube-controller-manager runs, or use another --helper-namespace",
+                status.message
+            )))
+        }
         kube::Error::Api(status) if status.code == 403 => {
             let text = if status.message.contains("security context constraint") {
                 format!(
@@ -220,6 +251,30 @@ mod tests {
             nodes.contains("plugin-manifest/clusterrole.yaml"),
             "{nodes}"
         );
+    }
+
+    #[test]
+    fn a_namespace_without_its_service_account_yet_is_not_called_a_permission_problem() {
+        let err = explain(
+            api_error(
+                403,
+                r#"pods "sideload-node-b-1" is forbidden: error looking up service account sl-new/default: serviceaccount "default" not found"#,
+            ),
+            "create",
+            "pods in namespace sl-new",
+        );
+        assert!(err.is::<NoServiceAccountYet>(), "{err}");
+        assert!(!is_permanent(&err), "worth waiting for: {err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(r#"service account "default" does not exist"#),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("kubectl get serviceaccount default -n sl-new"),
+            "{msg}"
+        );
+        assert!(!msg.contains("role.yaml"), "{msg}");
     }
 
     #[test]
