@@ -66,43 +66,6 @@ fn keep(pipe: Option<Box<dyn Read + Send>>) -> (String, bool) {
     (String::from_utf8_lossy(&kept).into_owned(), truncated)
 }
 
-/// Host commands a query runs at once, at most: its commands are independent listings
-/// (`ctr version`, `crictl info`, `ctr images check`, …), mostly waiting on the runtime's
-/// socket, and every node answers before a load can start, so they are not run one
-/// after another; a bound keeps a query for many refs from starting dozens at once.
-const AT_ONCE: usize = 4;
-
-/// Runs the commands, several at a time, answering in their order.
-pub fn run_all(commands: &[Command]) -> Vec<CommandResult> {
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    if commands.len() < 2 {
-        return commands.iter().map(run).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<CommandResult>>> = Mutex::new(vec![None; commands.len()]);
-    std::thread::scope(|scope| {
-        for _ in 0..AT_ONCE.min(commands.len()) {
-            scope.spawn(|| {
-                loop {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(command) = commands.get(k) else {
-                        return;
-                    };
-                    let result = run(command);
-                    results.lock().unwrap_or_else(|e| e.into_inner())[k] = Some(result);
-                }
-            });
-        }
-    });
-    results
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-        .into_iter()
-        .flatten()
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,27 +89,5 @@ mod tests {
         );
         let slow = run(&Command::new(["/bin/sleep", "5"]).timeout(0));
         assert_eq!(slow.exit_code, protocol::TIMED_OUT);
-    }
-
-    /// Each command waits until all three have started: run one after another, the first
-    /// would wait until its timeout. Answers come in the order asked.
-    #[test]
-    fn a_query_runs_its_commands_at_once_and_answers_in_order() {
-        let dir = std::env::temp_dir().join(format!("agent-meet-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let meet = |k: &str| {
-            let script = format!(
-                "touch {dir}/{k}; while [ $(ls {dir} | wc -l) -lt 3 ]; do sleep 0.01; done; echo {k}",
-                dir = dir.display()
-            );
-            Command::new(["/bin/sh", "-c", &script]).timeout(20)
-        };
-        let results = run_all(&[meet("a"), meet("b"), meet("c")]);
-        let outs: Vec<(i32, &str)> = results
-            .iter()
-            .map(|r| (r.exit_code, r.stdout.as_str()))
-            .collect();
-        let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(outs, [(0, "a\n"), (0, "b\n"), (0, "c\n")]);
     }
 }

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
 /// Facts, then commands, all in the host root (entered already).
 fn respond(request: &protocol::Query) -> protocol::Answer {
     let mut answer = facts::gather(request);
-    answer.results = commands::run_all(&request.commands);
+    answer.results = request.commands.iter().map(commands::run).collect();
     answer
 }
 

@@ -65,8 +65,7 @@ pub struct Query {
     /// `GET` requests over a unix socket (CRI-O serves its running config this way).
     #[serde(default)]
     pub http: Vec<HttpGet>,
-    /// Host commands, independent of each other (several run at once), their output
-    /// captured and answered in this order.
+    /// Host commands, run one after another with their output captured.
     #[serde(default)]
     pub commands: Vec<Command>,
 }
