@@ -28,6 +28,14 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // kube-rs runs this binary as the kubeconfig's credential plugin (cluster/credential.rs).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == cluster::credential::SHIM_ARG)
+    {
+        return cluster::credential::shim(&args[2..]);
+    }
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

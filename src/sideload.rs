@@ -76,9 +76,28 @@ impl Inputs {
     async fn read(args: &LoadArgs, kube: &KubeArgs) -> Result<(Inputs, Option<workload::Stage>)> {
         let mut selection = args.node_selection().map_err(|e| anyhow!(e))?;
         let named = matches!(selection, NodeSelection::Names(_));
-        let images = open_inputs(args).await?;
-        let cluster = client::connect(kube).await?;
-        let all_nodes = nodes::list_all(&cluster.client).await?;
+        let cluster_and_nodes = async {
+            let cluster = client::connect(kube).await?;
+            let all_nodes = nodes::list_all(&cluster.client).await?;
+            anyhow::Ok((cluster, all_nodes))
+        };
+        // The archive is read (and hashed: seconds for a large or gzip'd one, on a thread of
+        // its own) while the client connects and lists the nodes, which an exec credential
+        // plugin (a cloud CLI's get-token) can make as slow. Not when an archive is `-`: an
+        // interactive credential plugin inherits our stdin and would read the archive.
+        let (images, (cluster, all_nodes)) = if args.archives.iter().any(|a| a == "-") {
+            let images = open_inputs(args).await?;
+            (images, cluster_and_nodes.await?)
+        } else {
+            // An archive's error wins over the cluster's, as when they ran in turn: the
+            // archive is what the user can fix without a cluster.
+            let images = open_inputs(args);
+            tokio::pin!(images, cluster_and_nodes);
+            tokio::select! {
+                images = &mut images => (images?, cluster_and_nodes.await?),
+                cluster = &mut cluster_and_nodes => (images.await?, cluster?),
+            }
+        };
         // Workloads before pods: a missing workload or container fails with nothing
         // changed, and DaemonSets decide the default nodes.
         let summaries: Vec<&Summary> = images.iter().map(|i| i.summary()).collect();

@@ -185,3 +185,43 @@ fn version_names_the_commit() {
     assert!(out.status.success());
     assert!(stdout(&out).contains("(commit "), "{}", stdout(&out));
 }
+
+/// The credential shim kube-rs runs (src/cluster/credential.rs): the credential it carries
+/// while that is fresh, the real plugin (its arguments, its stdout and exit code) once it
+/// is about to expire, as when kube-rs refreshes a token mid-run.
+#[cfg(unix)]
+#[test]
+fn the_credential_shim_reuses_a_fresh_credential_and_refreshes_an_expiring_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin_path = dir.path().join("get-token");
+    std::fs::write(&plugin_path, "#!/bin/sh\necho \"new $1\"\nexit 7\n").unwrap();
+    std::fs::set_permissions(
+        &plugin_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let credential = |expiry: &str| {
+        format!(
+            r#"{{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{{"token":"old","expirationTimestamp":"{expiry}"}}}}"#
+        )
+    };
+    let shim = |carried: &str| {
+        let mut cmd = plugin();
+        cmd.args(["__exec-credential", "--"])
+            .arg(&plugin_path)
+            .arg("--region=x")
+            .env("SIDELOAD_EXEC_CREDENTIAL", carried);
+        run(cmd)
+    };
+    let fresh = credential("2099-01-01T00:00:00Z");
+    let out = shim(&fresh);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), fresh);
+    // Expiring within kube-rs's 60 s refresh window, or gone: the real plugin answers.
+    let soon = k8s_openapi::jiff::Timestamp::now() + std::time::Duration::from_secs(30);
+    for carried in [credential(&soon.to_string()), String::new()] {
+        let out = shim(&carried);
+        assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "new --region=x\n");
+    }
+}

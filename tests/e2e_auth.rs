@@ -152,7 +152,8 @@ async fn exec_plugin_and_bearer_token_users_load_dry_run_and_patch_a_workload() 
     let credential = json!({
         "apiVersion": "client.authentication.k8s.io/v1",
         "kind": "ExecCredential",
-        "status": {"token": token},
+        // An expiry, as a cloud CLI's get-token gives: kube-rs then keeps it refreshable.
+        "status": {"token": token, "expirationTimestamp": "2099-01-01T00:00:00Z"},
     });
     let plugin_path = d.join("get-token");
     script(
@@ -178,7 +179,13 @@ async fn exec_plugin_and_bearer_token_users_load_dry_run_and_patch_a_workload() 
     // Through the exec plugin: a load, a dry run, and a workload moved to v2.
     let out = with_kubeconfig(&exec_kc, &[v1, "--nodes", nodes, "-o", "json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(ran.exists(), "the credential plugin never ran");
+    // Once per run: kube-rs alone would run it three times while building its client.
+    let runs = std::fs::read_to_string(&ran).unwrap_or_default();
+    assert_eq!(
+        runs.lines().count(),
+        1,
+        "the credential plugin ran {runs:?}"
+    );
     let web = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "web"},

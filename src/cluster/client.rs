@@ -5,6 +5,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 use crate::cli::KubeArgs;
+use crate::cluster::credential;
 use crate::cluster::errors::{self, Permanent};
 
 /// A connected client plus the namespace workloads are looked up in.
@@ -63,7 +64,11 @@ pub async fn connect(args: &KubeArgs) -> Result<Cluster> {
     {
         let _ = errors::CREDENTIAL_PLUGIN.set(command);
     }
-    // kube-rs runs an `exec` credential plugin here, once, and again when its token expires.
+    // kube-rs would run an `exec` credential plugin three times while it builds the client:
+    // run it once here and give kube-rs the credential (credential.rs).
+    credential::run_once(&mut config)
+        .map_err(|auth| anyhow::Error::new(Permanent(errors::credentials(&auth))))?;
+    // kube-rs runs the plugin (through credential.rs's shim) again when its token expires.
     let client = Client::try_from(config).map_err(|err| match err {
         kube::Error::Auth(auth) => anyhow::Error::new(Permanent(errors::credentials(&auth))),
         other => anyhow!(other).context(format!(

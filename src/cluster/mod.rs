@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod credential;
 pub mod errors;
 pub mod exec;
 pub mod helper;
