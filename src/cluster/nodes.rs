@@ -1,7 +1,10 @@
 //! Node selection (`--nodes`, `--selector`) and the facts the plan needs about each node,
 //! all read before planning so that the plan itself makes no API call.
 
+use std::time::Duration;
+
 use anyhow::{Result, bail};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 use serde::Serialize;
@@ -164,9 +167,14 @@ pub async fn select(
         }
     };
     let mut facts: Vec<NodeFacts> = chosen.into_iter().map(NodeFacts::from_node).collect();
-    let running = running_images(client).await;
-    for node in &mut facts {
-        node.runtime_endpoint = runtime_endpoint(client, &node.name).await;
+    let names: Vec<String> = facts.iter().map(|n| n.name.clone()).collect();
+    let endpoints = futures::stream::iter(names)
+        .map(|name| async move { runtime_endpoint(client, &name).await })
+        .buffered(CONFIGZ_AT_ONCE)
+        .collect::<Vec<_>>();
+    let (running, endpoints) = tokio::join!(running_images(client), endpoints);
+    for (node, endpoint) in facts.iter_mut().zip(endpoints) {
+        node.runtime_endpoint = endpoint;
         node.running_images = running
             .iter()
             .filter(|(n, _)| n == &node.name)
@@ -176,13 +184,26 @@ pub async fn select(
     Ok(facts)
 }
 
+/// Kubelets asked for their configz at once. Each is a round trip through the API server's
+/// node proxy to the kubelet: one after another, a large cluster's nodes (or a few whose
+/// kubelet does not answer) held every run's start for seconds.
+const CONFIGZ_AT_ONCE: usize = 16;
+
+/// How long a kubelet has to answer for its configz. A kubelet that does not (its node
+/// down) would hold the run until the API server's proxy gives up; the endpoint is only a
+/// hint.
+const CONFIGZ_WAIT: Duration = Duration::from_secs(5);
+
 /// The kubelet's `containerRuntimeEndpoint` from `/configz`. Optional by design: it needs
 /// `nodes/proxy`, which some admins will not grant; the agent then tries well-known paths.
 async fn runtime_endpoint(client: &kube::Client, node: &str) -> Option<String> {
     let request = http::Request::get(format!("/api/v1/nodes/{node}/proxy/configz"))
         .body(Vec::new())
         .ok()?;
-    let text = client.request_text(request).await.ok()?;
+    let text = tokio::time::timeout(CONFIGZ_WAIT, client.request_text(request))
+        .await
+        .ok()?
+        .ok()?;
     let value: serde_json::Value = serde_json::from_str(&text).ok()?;
     value
         .pointer("/kubeletconfig/containerRuntimeEndpoint")
@@ -294,5 +315,71 @@ status:
             .unwrap()
             .insert("type".into(), "virtual-kubelet".into());
         assert!(NodeFacts::from_node(&node).virtual_kubelet);
+    }
+
+    /// The kubelets are asked for their configz at once, beside the pod listing: all four
+    /// requests reach the API server before it has answered any (one at a time, a large
+    /// cluster's start took a round trip per node). One kubelet answering with garbage, one
+    /// not at all in time, leave only their own endpoint unknown.
+    #[tokio::test(start_paused = true)]
+    async fn kubelets_are_asked_for_their_runtime_endpoint_at_once() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
+            .iter()
+            .map(|name| {
+                let mut node: Node = serde_yaml::from_str(NODE).unwrap();
+                node.metadata.name = Some(name.to_string());
+                node
+            })
+            .collect();
+        let selecting =
+            tokio::spawn(
+                async move { select(&client, &nodes, &NodeSelection::All).await.unwrap() },
+            );
+        let mut pending = Vec::new();
+        for _ in 0..4 {
+            let next = tokio::time::timeout(Duration::from_secs(1), handle.next_request());
+            let (request, respond) = next
+                .await
+                .expect("the next request waits for an answer: asked one at a time")
+                .expect("a request");
+            pending.push((request.uri().to_string(), respond));
+        }
+        let mut paths: Vec<&str> = pending.iter().map(|(u, _)| u.as_str()).collect();
+        paths.sort();
+        assert!(
+            paths[0].starts_with("/api/v1/nodes/node-a/proxy/configz"),
+            "{paths:?}"
+        );
+        assert!(
+            paths[1].starts_with("/api/v1/nodes/node-b/proxy/configz"),
+            "{paths:?}"
+        );
+        assert!(
+            paths[2].starts_with("/api/v1/nodes/node-c/proxy/configz"),
+            "{paths:?}"
+        );
+        assert!(paths[3].starts_with("/api/v1/pods?"), "{paths:?}");
+        for (uri, respond) in pending {
+            let body = if uri.contains("node-a") {
+                r#"{"kubeletconfig":{"containerRuntimeEndpoint":"unix:///run/a.sock"}}"#
+            } else if uri.contains("node-b") {
+                "not json"
+            } else if uri.contains("node-c") {
+                continue; // never answers: the wait bounds it
+            } else {
+                r#"{"apiVersion":"v1","kind":"PodList","metadata":{},"items":[]}"#
+            };
+            respond.send_response(Response::new(Body::from(body.as_bytes().to_vec())));
+        }
+        let facts = selecting.await.unwrap();
+        let endpoints: Vec<Option<&str>> = facts
+            .iter()
+            .map(|f| f.runtime_endpoint.as_deref())
+            .collect();
+        assert_eq!(endpoints, [Some("unix:///run/a.sock"), None, None]);
     }
 }
