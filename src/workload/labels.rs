@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
@@ -71,18 +72,37 @@ pub async fn set(
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
     };
-    for (node, record) in records {
-        let record = serde_json::to_string(record)?;
-        let body = Patch::Merge(json!({"metadata": {
-            "labels": {key: LABEL_VALUE},
-            "annotations": {key: record},
-        }}));
-        api.patch(node, &params, &body)
-            .await
-            .map_err(|e| explain(e, "patch", &format!("node {node}")))?;
-    }
-    Ok(())
+    // Up to 16 nodes at once: one round trip per node, one after another, added seconds
+    // on a large cluster between the last import and the workload's patch. Every patch is
+    // tried; the first failure is the answer (the workload is then not patched).
+    let patches = records
+        .iter()
+        .map(|(node, record)| {
+            let body = Patch::Merge(json!({"metadata": {
+                "labels": {key: LABEL_VALUE},
+                "annotations": {key: serde_json::to_string(record)?},
+            }}));
+            Ok((node.clone(), body))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let patched: Vec<Result<()>> = futures::stream::iter(patches)
+        .map(|(node, body)| {
+            let (api, params) = (api.clone(), params.clone());
+            async move {
+                api.patch(&node, &params, &body)
+                    .await
+                    .map_err(|e| explain(e, "patch", &format!("node {node}")))?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(PATCHES_AT_ONCE)
+        .collect()
+        .await;
+    patched.into_iter().collect()
 }
+
+/// Node label patches in flight at once.
+const PATCHES_AT_ONCE: usize = 16;
 
 /// Removes `keys` (labels and their records) from `node`.
 pub async fn remove(client: &kube::Client, node: &str, keys: &[String]) -> Result<()> {
@@ -209,5 +229,55 @@ mod tests {
         // A label about other images is not judged by these refs.
         let unrelated = Held::from([("docker.io/library/web:v1", None)]);
         assert_eq!(check(&r, &unrelated), None);
+    }
+
+    /// The nodes are labelled at once: all three patches reach the API server before any
+    /// is answered. One refused patch is the answer, named by its node; the others were
+    /// still sent.
+    #[tokio::test(start_paused = true)]
+    async fn nodes_are_labelled_at_once_and_a_refusal_names_its_node() {
+        use http::{Request, Response, StatusCode};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let records: BTreeMap<String, Record> = ["node-a", "node-b", "node-c"]
+            .iter()
+            .map(|n| (n.to_string(), record()))
+            .collect();
+        let labelling =
+            tokio::spawn(async move { set(&client, &records, "sideload.dev/img-x").await });
+        let mut pending = Vec::new();
+        for _ in 0..3 {
+            let next =
+                tokio::time::timeout(std::time::Duration::from_secs(1), handle.next_request());
+            let (request, respond) = next
+                .await
+                .expect("the next patch waits for an answer: sent one at a time")
+                .expect("a request");
+            assert_eq!(request.method(), http::Method::PATCH);
+            pending.push((request.uri().path().to_string(), respond));
+        }
+        pending.sort_by(|a, b| a.0.cmp(&b.0));
+        for (path, respond) in pending {
+            let node = path.rsplit('/').next().unwrap().to_string();
+            let (status, body) = if node == "node-b" {
+                (
+                    StatusCode::FORBIDDEN,
+                    r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"nodes \"node-b\" is forbidden","reason":"Forbidden","code":403}"#.to_string(),
+                )
+            } else {
+                (
+                    StatusCode::OK,
+                    format!(
+                        r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{node}"}}}}"#
+                    ),
+                )
+            };
+            let mut response = Response::new(Body::from(body.into_bytes()));
+            *response.status_mut() = status;
+            respond.send_response(response);
+        }
+        let err = labelling.await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("patch node node-b"), "{err}");
     }
 }
