@@ -186,17 +186,24 @@ pub fn shim(args: &[OsString]) -> ExitCode {
     };
     let mut cmd = Command::new(plugin);
     cmd.args(rest).env_remove(CREDENTIAL_ENV);
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        let err = cmd.exec();
-        eprintln!(
-            "cannot run the credential plugin {}: {err}",
-            plugin.to_string_lossy()
-        );
-        ExitCode::FAILURE
-    }
-    #[cfg(not(unix))]
+    become_plugin(cmd, plugin)
+}
+
+/// Runs the real plugin in this process's place: its exit status is the shim's.
+#[cfg(unix)]
+fn become_plugin(mut cmd: Command, plugin: &OsString) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let err = cmd.exec();
+    eprintln!(
+        "cannot run the credential plugin {}: {err}",
+        plugin.to_string_lossy()
+    );
+    ExitCode::FAILURE
+}
+
+/// Runs the real plugin and exits with its status (no exec(2) here).
+#[cfg(not(unix))]
+fn become_plugin(mut cmd: Command, plugin: &OsString) -> ExitCode {
     match cmd.status() {
         Ok(status) => ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8),
         Err(err) => {
