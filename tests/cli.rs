@@ -205,19 +205,26 @@ fn the_credential_shim_reuses_a_fresh_credential_and_refreshes_an_expiring_one()
             r#"{{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{{"token":"old","expirationTimestamp":"{expiry}"}}}}"#
         )
     };
+    let file = dir.path().join("credential.json");
     let shim = |carried: &str| {
+        if carried.is_empty() {
+            let _ = std::fs::remove_file(&file);
+        } else {
+            std::fs::write(&file, carried).unwrap();
+        }
         let mut cmd = plugin();
         cmd.args(["__exec-credential", "--"])
             .arg(&plugin_path)
             .arg("--region=x")
-            .env("SIDELOAD_EXEC_CREDENTIAL", carried);
+            .env("SIDELOAD_EXEC_CREDENTIAL_FILE", &file);
         run(cmd)
     };
     let fresh = credential("2099-01-01T00:00:00Z");
     let out = shim(&fresh);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), fresh);
-    // Expiring within kube-rs's 60 s refresh window, or gone: the real plugin answers.
+    // Expiring within kube-rs's 60 s refresh window, or its file gone (removed once the
+    // client is built): the real plugin answers.
     let soon = k8s_openapi::jiff::Timestamp::now() + std::time::Duration::from_secs(30);
     for carried in [credential(&soon.to_string()), String::new()] {
         let out = shim(&carried);

@@ -66,10 +66,13 @@ pub async fn connect(args: &KubeArgs) -> Result<Cluster> {
     }
     // kube-rs would run an `exec` credential plugin three times while it builds the client:
     // run it once here and give kube-rs the credential (credential.rs).
-    credential::run_once(&mut config)
+    let carried = credential::run_once(&mut config)
         .map_err(|auth| anyhow::Error::new(Permanent(errors::credentials(&auth))))?;
     // kube-rs runs the plugin (through credential.rs's shim) again when its token expires.
-    let client = Client::try_from(config).map_err(|err| match err {
+    let client = Client::try_from(config);
+    // Built: the credential file goes; a refresh later runs the real plugin.
+    drop(carried);
+    let client = client.map_err(|err| match err {
         kube::Error::Auth(auth) => anyhow::Error::new(Permanent(errors::credentials(&auth))),
         other => anyhow!(other).context(format!(
             "cannot build a client for the API server at {server}"

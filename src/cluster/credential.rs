@@ -6,10 +6,15 @@
 //! every run, a no-op included. Here the plugin runs once, the way kube-rs runs it (its
 //! arguments and environment, `KUBERNETES_EXEC_INFO`, stdin and stderr passed through
 //! unless `interactiveMode` is `Never`), and kube-rs is handed this binary as the plugin:
-//! `kubectl-sideload __exec-credential -- PLUGIN ARGS…` prints the credential it carries in
-//! its environment while that stays good for more than [`FRESH_FOR`], and runs the real
-//! plugin once it does not, so kube-rs's refresh of an expiring token still reaches it.
-//! Hand-written: kube-rs offers no way to give it a credential that it would still refresh.
+//! `kubectl-sideload __exec-credential -- PLUGIN ARGS…` prints the credential from the
+//! file its environment names while that file exists and the credential stays good for
+//! more than [`FRESH_FOR`], and runs the real plugin otherwise.
+//!
+//! The file is private (a 0700 directory of its own) and lives only while kube-rs builds
+//! the client ([`Carried`] removes it): kube-rs's later refresh of an expiring token
+//! reaches the real plugin, and no secret is in the environment, where kube-rs's error for
+//! a failed plugin would print it. Hand-written: kube-rs offers no way to give it a
+//! credential that it would still refresh.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -24,8 +29,8 @@ use serde::{Deserialize, Serialize};
 /// The first argument that makes this binary the credential plugin kube-rs runs.
 pub const SHIM_ARG: &str = "__exec-credential";
 
-/// Where the shim finds the credential the plugin printed (its stdout, verbatim).
-const CREDENTIAL_ENV: &str = "SIDELOAD_EXEC_CREDENTIAL";
+/// Names the file holding the credential the plugin printed (its stdout, verbatim).
+const CREDENTIAL_ENV: &str = "SIDELOAD_EXEC_CREDENTIAL_FILE";
 
 /// A credential expiring sooner than this is fetched again. More than kube-rs's refresh
 /// window (60 s): a refresh must never be answered with the token it is replacing.
@@ -58,31 +63,46 @@ struct Status {
     client_certificate_data: Option<String>,
 }
 
-/// Runs `config`'s credential plugin now, once, and points `config` at the shim carrying
+/// The credential file of [`run_once`]: removed, with its directory, when dropped. Keep it
+/// until the client is built.
+pub struct Carried {
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Runs `config`'s credential plugin now, once, and points `config` at the shim reading
 /// what it printed. Nothing changes where kube-rs would not run a plugin (a token or
 /// password in the kubeconfig wins over it) or where the plugin printed no credential
 /// (kube-rs then runs it itself and reports what is wrong).
-pub fn run_once(config: &mut kube::Config) -> Result<(), AuthError> {
+pub fn run_once(config: &mut kube::Config) -> Result<Carried, AuthError> {
+    let none = Carried { _dir: None };
     let info = &config.auth_info;
     let Some(exec) = info.exec.clone() else {
-        return Ok(());
+        return Ok(none);
     };
     if info.token.is_some() || info.token_file.is_some() || info.username.is_some() {
-        return Ok(());
+        return Ok(none);
     }
     let (Some(plugin), Ok(me)) = (exec.command.clone(), std::env::current_exe()) else {
-        return Ok(());
+        return Ok(none);
     };
     let printed = run_plugin(&exec, &plugin)?;
     let usable = serde_json::from_slice::<ExecCredential>(&printed).is_ok_and(|c| {
         c.status
             .is_some_and(|s| s.token.is_some() || s.client_certificate_data.is_some())
     });
-    let Ok(printed) = String::from_utf8(printed) else {
-        return Ok(());
-    };
     if !usable {
-        return Ok(());
+        return Ok(none);
+    }
+    // tempfile makes the directory 0700 on Unix: only this user reaches the file.
+    let Ok(dir) = tempfile::Builder::new()
+        .prefix("kubectl-sideload-")
+        .tempdir()
+    else {
+        return Ok(none);
+    };
+    let file = dir.path().join("credential.json");
+    if std::fs::write(&file, &printed).is_err() {
+        return Ok(none);
     }
     let mut shim = exec;
     shim.command = Some(me.to_string_lossy().into_owned());
@@ -92,11 +112,11 @@ pub fn run_once(config: &mut kube::Config) -> Result<(), AuthError> {
     let mut env = shim.env.take().unwrap_or_default();
     env.push(HashMap::from([
         ("name".to_string(), CREDENTIAL_ENV.to_string()),
-        ("value".to_string(), printed),
+        ("value".to_string(), file.to_string_lossy().into_owned()),
     ]));
     shim.env = Some(env);
     config.auth_info.exec = Some(shim);
-    Ok(())
+    Ok(Carried { _dir: Some(dir) })
 }
 
 /// The plugin's stdout, run as kube-rs runs it.
@@ -169,10 +189,12 @@ fn fresh(printed: &str, now: Timestamp) -> bool {
 }
 
 /// `kubectl-sideload __exec-credential -- PLUGIN ARGS…`, as kube-rs runs it: the carried
-/// credential while it is fresh, else the real plugin with this process's stdin, stdout,
+/// credential while its file exists and it is fresh, else the real plugin with this process's stdin, stdout,
 /// stderr and environment (kube-rs's `KUBERNETES_EXEC_INFO` included).
 pub fn shim(args: &[OsString]) -> ExitCode {
-    let carried = std::env::var(CREDENTIAL_ENV).unwrap_or_default();
+    let carried = std::env::var_os(CREDENTIAL_ENV)
+        .and_then(|file| std::fs::read_to_string(file).ok())
+        .unwrap_or_default();
     if fresh(&carried, Timestamp::now()) {
         print!("{carried}");
         return ExitCode::SUCCESS;
@@ -271,7 +293,7 @@ mod tests {
             interactive_mode: Some(ExecInteractiveMode::Never),
             ..Default::default()
         });
-        run_once(&mut config).unwrap();
+        let carried = run_once(&mut config).unwrap();
         let said = std::fs::read_to_string(&ran).unwrap();
         assert_eq!(said.lines().count(), 1, "{said}");
         assert!(said.starts_with("--cluster=a yes {"), "{said}");
@@ -282,15 +304,23 @@ mod tests {
         assert_eq!(args[2], plugin.to_string_lossy());
         assert_eq!(args[3], "--cluster=a");
         let env = shim.env.unwrap();
-        let carried = env
+        assert!(
+            env.iter()
+                .any(|e| e.get("value").map(String::as_str) == Some("yes"))
+        );
+        // The environment names a file; the credential is in the file, not the environment.
+        let file = env
             .iter()
             .find(|e| e.get("name").map(String::as_str) == Some(CREDENTIAL_ENV))
             .and_then(|e| e.get("value"))
             .unwrap();
-        assert!(fresh(carried, Timestamp::now()), "{carried}");
+        assert!(!file.contains("ExecCredential"), "{file}");
+        let printed = std::fs::read_to_string(file).unwrap();
+        assert!(fresh(&printed, Timestamp::now()), "{printed}");
+        drop(carried);
         assert!(
-            env.iter()
-                .any(|e| e.get("value").map(String::as_str) == Some("yes"))
+            !std::path::Path::new(file).exists(),
+            "the credential outlived the client's build"
         );
     }
 
