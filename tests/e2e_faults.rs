@@ -220,9 +220,7 @@ async fn a_helper_namespace_made_a_moment_ago_is_waited_for() {
     let _logs = LogsOnFailure;
     let client = admin_client().await;
     let dir = tempfile::tempdir().unwrap();
-    let reference = format!("sideload.test/new-namespace:{}", unique("v"));
-    let tar = dir.path().join("new-namespace.tar");
-    make_image(&reference, &tar, &["--layers", "1", "--layer-mib", "1"]);
+    let (reference, tar) = image(dir.path(), "new-namespace");
     let node = "node-a";
     let back = ControllerManagerBack;
     fault(&["stop", "kube-controller-manager"]);
@@ -254,8 +252,8 @@ async fn a_helper_namespace_made_a_moment_ago_is_waited_for() {
     let row = util::node_row(&report, node);
     assert_eq!(row["status"], "loaded", "{row}");
     assert_eq!(row["attempts"], 1, "waited within the first attempt: {row}");
-    let left = helper_pods(&client, &namespace.name).await;
-    assert!(left.is_empty(), "left behind: {left:?}");
+    let run = report["run"].as_str().unwrap();
+    nothing_left(&client, &namespace.name, node, &reference, run).await;
     assert!(node_images(node).contains(&reference));
     node_remove_image(node, &reference);
 }
