@@ -1044,7 +1044,12 @@ async fn unwinding<T>(
 ) -> Result<T> {
     tokio::pin!(work);
     tokio::select! {
-        done = &mut work => done,
+        // The stop also fails the feed's next write, so the work may end with that error
+        // in the same instant: it too is the stop, named by its step.
+        done = &mut work => match done {
+            Err(_) if run.cancel.is_cancelled() => Err(run.stopped(step)),
+            done => done,
+        },
         () = run.cancel.cancelled() => {
             let _ = tokio::time::timeout(UNWIND_GRACE, &mut work).await;
             Err(run.stopped(step))
