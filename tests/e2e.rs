@@ -591,10 +591,14 @@ async fn a_run_past_its_timeout_stops_every_node_naming_the_step_and_leaves_noth
     let ns = namespace.name.clone();
     let reference = format!("sideload.test/timeout:{}", unique("v"));
     let tar = dir.path().join("slow.tar");
-    make_image(&reference, &tar, &["--layers", "2", "--layer-mib", "128"]);
+    make_image(&reference, &tar, &["--layers", "2", "--layer-mib", "32"]);
+    // The client's link held to 1 MiB/s: the 64 MiB (random, so the wire cannot shrink
+    // them, and relayed, so every node waits on that one upload) need over a minute
+    // however idle the machine is.
+    let proxy = CountingProxy::start_capped(Some(1 << 20)).await;
     let mut cmd = plugin();
     cmd.arg("--kubeconfig")
-        .arg(admin_kubeconfig())
+        .arg(&proxy.kubeconfig)
         .arg(&tar)
         .args(["--helper-namespace", &ns, "-o", "json", "--timeout", "25s"])
         .stdout(Stdio::piped())
@@ -635,7 +639,7 @@ async fn a_run_past_its_timeout_stops_every_node_naming_the_step_and_leaves_noth
     }
     assert!(
         rows.iter().any(|r| r["status"] == "failed"),
-        "25 s cannot load 256 MiB into five nodes here: {report}"
+        "25 s at 1 MiB/s cannot carry 64 MiB: {report}"
     );
     assert!(helper_pods(&client, &ns).await.is_empty());
     let half: Vec<String> = NODES

@@ -457,7 +457,8 @@ impl Drop for TestNamespace {
 }
 
 /// A TCP proxy in front of the API server that counts the bytes the client sends: what
-/// the plugin uploaded, measured outside the plugin (issue 10).
+/// the plugin uploaded, measured outside the plugin (issue 10). It can also hold the
+/// client's upload to a fixed rate, a narrow link that no machine load makes wider.
 pub struct CountingProxy {
     pub kubeconfig: PathBuf,
     sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -468,7 +469,14 @@ impl CountingProxy {
     /// Starts the proxy on 127.0.0.1 (the API server's certificate names it) and writes an
     /// admin kubeconfig that goes through it.
     pub async fn start() -> CountingProxy {
+        Self::start_capped(None).await
+    }
+
+    /// As `start`, with the client's upload held to `cap` bytes per second when given: on
+    /// average since the proxy started, over all its connections together.
+    pub async fn start_capped(cap: Option<u64>) -> CountingProxy {
         use std::sync::atomic::{AtomicU64, Ordering};
+        let began = std::time::Instant::now();
         let text = std::fs::read_to_string(admin_kubeconfig()).unwrap();
         let server = text
             .lines()
@@ -502,7 +510,12 @@ impl CountingProxy {
                             if n == 0 || to_server.write_all(&buf[..n]).await.is_err() {
                                 break;
                             }
-                            counter.fetch_add(n as u64, Ordering::SeqCst);
+                            let total = counter.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+                            if let Some(cap) = cap {
+                                // Ahead of the cap: wait until the total is due.
+                                let due = Duration::from_secs_f64(total as f64 / cap as f64);
+                                tokio::time::sleep_until((began + due).into()).await;
+                            }
                         }
                         let _ = to_server.shutdown().await;
                     };
