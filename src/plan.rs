@@ -72,6 +72,9 @@ pub struct Options<'a> {
     pub runtime: Option<RuntimeKind>,
     /// `--runtime-endpoint`: the runtime socket on every node.
     pub runtime_endpoint: Option<&'a str>,
+    /// The images this run loads, removes or looks for (normalised refs): the last
+    /// helper images to try (see [`helper::candidates`]).
+    pub changing: &'a [String],
 }
 
 impl Options<'_> {
@@ -325,7 +328,7 @@ fn helper_pod(
     opts: &Options<'_>,
     needs: Needs,
 ) -> Result<(Vec<HelperImage>, Pod), LeftOut> {
-    let candidates = helper::candidates(opts.helper_image, node, all);
+    let candidates = helper::candidates(opts.helper_image, node, all, opts.changing);
     let Some(first) = candidates.first() else {
         return Err(LeftOut::Refuse(
             "no image is known to be on the node (it lists none, no pod runs there, and no \
@@ -389,6 +392,7 @@ mod tests {
             named,
             runtime: None,
             runtime_endpoint: None,
+            changing: &[],
         }
     }
 

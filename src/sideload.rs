@@ -274,6 +274,11 @@ struct Decided {
 impl Decided {
     fn plan(args: &LoadArgs, inputs: &Inputs, stage: Option<workload::Stage>) -> Result<Decided> {
         let every: Vec<NodeFacts> = inputs.all_nodes.iter().map(NodeFacts::from_node).collect();
+        let changing: Vec<String> = inputs
+            .images
+            .iter()
+            .flat_map(|image| image.summary().refs.iter().cloned())
+            .collect();
         let opts = plan::Options {
             helper_namespace: &args.helper_namespace,
             helper_image: args.helper_image.as_deref(),
@@ -282,6 +287,7 @@ impl Decided {
             named: inputs.named,
             runtime: args.runtime,
             runtime_endpoint: args.runtime_endpoint.as_deref(),
+            changing: &changing,
         };
         let plans = inputs
             .images

@@ -232,6 +232,7 @@ async fn visit_nodes(
         named,
         runtime: on.runtime,
         runtime_endpoint: on.runtime_endpoint.as_deref(),
+        changing: job.refs(),
     };
     let targets: Vec<Target> = chosen
         .into_iter()

@@ -46,6 +46,15 @@ pub enum Job {
     },
 }
 
+impl Job {
+    /// The images the job is about.
+    pub fn refs(&self) -> &[String] {
+        match self {
+            Job::Status { refs } | Job::Unpin { refs } | Job::Remove { refs, .. } => refs,
+        }
+    }
+}
+
 /// One node to visit: its facts, and how its helper starts or why it is left out.
 pub struct Target {
     pub node: NodeFacts,
@@ -231,7 +240,7 @@ async fn on_node(
     job: &Job,
     used: &[PodImages],
 ) -> Result<Vec<ImageRow>> {
-    let (Job::Status { refs } | Job::Unpin { refs } | Job::Remove { refs, .. }) = job;
+    let refs = job.refs();
     let commands = located.cri_inspect(refs).ok_or_else(|| {
         anyhow!("the node has no crictl: status asks CRI, as the kubelet does, through crictl")
     })?;

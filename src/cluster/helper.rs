@@ -23,6 +23,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sideload_agent::protocol;
 
+use crate::archive::reference;
 use crate::cluster::agent;
 use crate::cluster::errors::{explain, persist};
 use crate::cluster::nodes::NodeFacts;
@@ -54,45 +55,69 @@ pub struct HelperImage {
 /// sandbox image: every pod uses it, runtimes pin it; smallest first), images of pods
 /// running there, the other images it lists (smallest first), and pause images other
 /// nodes list (the kubelet lists at most 50 images, largest first, so a busy node's own
-/// list may have lost its pause image).
-pub fn candidates(user: Option<&str>, node: &NodeFacts, others: &[NodeFacts]) -> Vec<HelperImage> {
+/// list may have lost its pause image). Images named in `changing` (what this run loads,
+/// removes or looks for) come last: they are the likeliest to have just left the node,
+/// and the kubelet's list trails a removal by up to its status period, so a helper
+/// started from one fails with ErrImageNeverPull and costs a pod start (`rm`, then a
+/// load of the same image, did exactly that).
+pub fn candidates(
+    user: Option<&str>,
+    node: &NodeFacts,
+    others: &[NodeFacts],
+    changing: &[String],
+) -> Vec<HelperImage> {
     if let Some(image) = user {
         return vec![HelperImage {
             image: image.to_string(),
             source: "--helper-image",
         }];
     }
+    let is_changing = |name: &str| {
+        let name = reference::normalize(name).unwrap_or_else(|_| name.to_string());
+        changing.contains(&name)
+    };
     let mut out: Vec<HelperImage> = Vec::new();
-    let mut push = |image: &str, source: &'static str| {
-        if !out.iter().any(|c| c.image == image) {
-            out.push(HelperImage {
+    let mut later: Vec<HelperImage> = Vec::new();
+    let mut push = |image: &str, changing: bool, source: &'static str| {
+        if !out.iter().chain(&later).any(|c| c.image == image) {
+            let pile = if changing { &mut later } else { &mut out };
+            pile.push(HelperImage {
                 image: image.to_string(),
                 source,
             });
         }
     };
-    let mut listed: Vec<(&str, i64)> = node
+    // (name, size, whether any of its names is changing)
+    let mut listed: Vec<(&str, i64, bool)> = node
         .images
         .iter()
-        .filter_map(|i| named(&i.names).map(|n| (n, i.size)))
+        .filter_map(|i| {
+            let changing = i.names.iter().any(|n| is_changing(n));
+            named(&i.names).map(|n| (n, i.size, changing))
+        })
         .collect();
-    listed.sort_by_key(|(name, size)| (*size, *name));
-    for (name, _) in listed.iter().filter(|(n, _)| is_pause_name(n)) {
-        push(name, "pause image the node lists");
+    listed.sort_by_key(|(name, size, _)| (*size, *name));
+    for (name, _, changing) in listed.iter().filter(|(n, ..)| is_pause_name(n)) {
+        push(name, *changing, "pause image the node lists");
     }
     for image in &node.running_images {
-        push(image, "image of a pod running on the node");
+        push(
+            image,
+            is_changing(image),
+            "image of a pod running on the node",
+        );
     }
-    for (name, _) in &listed {
-        push(name, "image the node lists");
+    for (name, _, changing) in &listed {
+        push(name, *changing, "image the node lists");
     }
     for other in others.iter().filter(|o| o.name != node.name) {
         for image in &other.images {
             if let Some(name) = named(&image.names).filter(|n| is_pause_name(n)) {
-                push(name, "pause image another node lists");
+                push(name, is_changing(name), "pause image another node lists");
             }
         }
     }
+    out.append(&mut later);
     out.truncate(MAX_CANDIDATES);
     out
 }
@@ -620,7 +645,7 @@ mod tests {
         );
         n.running_images = vec!["docker.io/library/web:2".into()];
         let other = node("node-b", &[("registry.k8s.io/pause:3.9", 300_000)]);
-        let got = candidates(None, &n, &[n.clone(), other]);
+        let got = candidates(None, &n, &[n.clone(), other], &[]);
         assert_eq!(
             names(&got),
             [
@@ -632,15 +657,49 @@ mod tests {
             ]
         );
         assert_eq!(got[4].source, "pause image another node lists");
-        let user = candidates(Some("busybox:1"), &n, &[]);
+        let user = candidates(Some("busybox:1"), &n, &[], &[]);
         assert_eq!(names(&user), ["busybox:1"]);
         // A node that lists nothing still gets what other nodes list.
         let bare = node("node-c", &[]);
-        let got = candidates(None, &bare, &[node("node-b", &[("x/pause:1", 1)])]);
+        let got = candidates(None, &bare, &[node("node-b", &[("x/pause:1", 1)])], &[]);
         assert_eq!(names(&got), ["x/pause:1"]);
-        assert!(candidates(None, &bare, &[]).is_empty());
+        assert!(candidates(None, &bare, &[], &[]).is_empty());
         assert!(!is_pause_name("docker.io/library/pause-not:1"));
         assert!(is_pause_name("localhost:5000/pause"));
+    }
+
+    /// Found by timing a cold load right after the image was removed: node-c's kubelet
+    /// still listed it (its list trails a removal), the helper started from it failed with
+    /// ErrImageNeverPull and the node waited a second pod start.
+    #[test]
+    fn images_the_run_changes_are_the_last_candidates() {
+        let mut n = node(
+            "node-c",
+            &[
+                ("sideload.test/app:1", 4_000_000),
+                ("docker.io/library/web:2", 9_000_000),
+            ],
+        );
+        n.running_images = vec!["app:2".into()];
+        let other = node("node-b", &[("registry.k8s.io/pause:3.10", 300_000)]);
+        let changing = [
+            "sideload.test/app:1".to_string(),
+            "docker.io/library/app:2".to_string(),
+        ];
+        let got = candidates(None, &n, &[other.clone()], &changing);
+        assert_eq!(
+            names(&got),
+            [
+                "docker.io/library/web:2",
+                "registry.k8s.io/pause:3.10",
+                "app:2",
+                "sideload.test/app:1",
+            ]
+        );
+        // Nothing else known: the changing image is still tried rather than none.
+        let only = node("node-c", &[("sideload.test/app:1", 4_000_000)]);
+        let got = candidates(None, &only, &[], &changing);
+        assert_eq!(names(&got), ["sideload.test/app:1"]);
     }
 
     /// Regression (issue 8): names were `sideload-<first 47 chars of the node>-<run>`, so
