@@ -686,7 +686,7 @@ mod tests {
             "sideload.test/app:1".to_string(),
             "docker.io/library/app:2".to_string(),
         ];
-        let got = candidates(None, &n, &[other.clone()], &changing);
+        let got = candidates(None, &n, &[other], &changing);
         assert_eq!(
             names(&got),
             [
