@@ -58,6 +58,8 @@ fn agents() {
     println!("cargo:rerun-if-changed=agent/src");
     println!("cargo:rerun-if-changed=agent/Cargo.toml");
     println!("cargo:rerun-if-changed=Cargo.lock");
+    // The workspace manifest holds the agent's build profile.
+    println!("cargo:rerun-if-changed=Cargo.toml");
     let prebuilt = std::env::var_os("SIDELOAD_AGENT_DIR").map(PathBuf::from);
     let mut missing = false;
     for (arch, target) in AGENT_TARGETS {
