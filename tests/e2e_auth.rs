@@ -91,6 +91,14 @@ impl BoundAccount {
             .create(&PostParams::default(), &rb)
             .await
             .unwrap();
+        rules_in_effect(
+            client,
+            &format!("system:serviceaccount:{namespace}:{name}"),
+            "kube-system",
+            &documented_rules("clusterrole.yaml"),
+            &documented_rules("role.yaml"),
+        )
+        .await;
         BoundAccount {
             client: client.clone(),
             namespace: namespace.to_string(),

@@ -639,3 +639,71 @@ impl Drop for Held {
         }
     }
 }
+
+/// The API server's RBAC authorizer learns of new roles and bindings from its informers, a
+/// moment after they are created (a CI run once saw "cannot list nodes" for a user whose
+/// binding had just been made). Waits until every rule given to `user` (cluster-wide, and
+/// in `ns`) is in effect, asked of that same authorizer, so a denial a run reports is
+/// never the cache's lag.
+pub async fn rules_in_effect(
+    client: &kube::Client,
+    user: &str,
+    ns: &str,
+    cluster: &[k8s_openapi::api::rbac::v1::PolicyRule],
+    namespaced: &[k8s_openapi::api::rbac::v1::PolicyRule],
+) {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    let rules = cluster
+        .iter()
+        .map(|rule| (None, rule))
+        .chain(namespaced.iter().map(|rule| (Some(ns.to_string()), rule)));
+    for (namespace, rule) in rules {
+        let first = |list: &Option<Vec<String>>| list.as_ref().and_then(|l| l.first()).cloned();
+        let resource = first(&rule.resources).unwrap();
+        let (resource, subresource) = match resource.split_once('/') {
+            Some((r, sub)) => (r.to_string(), Some(sub.to_string())),
+            None => (resource, None),
+        };
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(user.to_string()),
+                resource_attributes: Some(ResourceAttributes {
+                    group: first(&rule.api_groups),
+                    resource: Some(resource),
+                    subresource,
+                    verb: Some(rule.verbs[0].clone()),
+                    namespace,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let start = Instant::now();
+        loop {
+            let answer = reviews
+                .create(&PostParams::default(), &review)
+                .await
+                .unwrap();
+            if answer.status.is_some_and(|s| s.allowed) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{user}'s rule {rule:?} not in effect after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The rules of a role in plugin-manifest/ (`clusterrole.yaml`, `role.yaml`).
+pub fn documented_rules(file: &str) -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
+    let text = std::fs::read_to_string(repo().join("plugin-manifest").join(file)).unwrap();
+    // Either kind: only the rules are read (k8s-openapi would refuse the other kind).
+    let role: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    serde_yaml::from_value(role["rules"].clone()).unwrap()
+}
