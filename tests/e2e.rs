@@ -134,20 +134,7 @@ async fn dry_run_changes_nothing_and_shows_the_helper_pod() {
     // Other tests load and remove their own images meanwhile, so what is compared is
     // this image's names: its reference and its config digest (containerd lists the
     // image under both).
-    let out = sideload(&[
-        tar.to_str().unwrap(),
-        "--dry-run",
-        "-o",
-        "json",
-        "--helper-namespace",
-        &ns,
-    ]);
-    assert!(out.status.success());
-    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    let config = report["image"]["images"][0]["config"]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let config = config_of(&tar);
     let ours = |images: &[String]| -> Vec<String> {
         images
             .iter()
